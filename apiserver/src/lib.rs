@@ -1,0 +1,24 @@
+//! `berth-apiserver`: the durable, watchable store of the cluster's desired state.
+//!
+//! Where to start reading:
+//!
+//! - [`service`]: the gRPC handlers — check a request, then write or read.
+//! - [`sequencer`]: the write path — group commit, fsync before acknowledge.
+//! - [`state_machine`]: what each command does to the objects, deterministically.
+//! - [`watch`]: change streams from any revision, from memory or disk.
+//! - [`storage`]: the sled layout; the only module that knows sled.
+//! - [`state`]: immutable snapshots that reads are served from.
+//! - [`server`]: wiring and shutdown.
+
+pub mod config;
+pub mod error;
+pub mod sequencer;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod state_machine;
+pub mod storage;
+pub mod watch;
+
+pub use config::Config;
+pub use server::ApiServer;

@@ -1,0 +1,837 @@
+//! The deterministic state machine: applies one [`Command`] at one log index.
+//!
+//! Given the same objects and the same command at the same index, every
+//! replica computes the same result: the command carries everything that is
+//! not a function of the state (the proposer's clock, a fresh uid), and maps
+//! iterate in key order. A command that breaks a rule against the current
+//! state (stale resource_version, quota, missing namespace) is rejected here,
+//! at apply time, because only here is the state it is checked against final.
+//!
+//! A rejected or no-op command changes nothing. A command that changes
+//! something adds its objects, a history record (for watches) and the new
+//! revision to the pending storage batch; [`StateMachine::persist`] writes
+//! the batch of a whole group of commands atomically and makes it durable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_proto::internal::{
+    ApplyOp, Change, Command, DeleteOp, HistoryRecord, UpdateStatusOp, command::Op,
+};
+use berth_proto::object::ObjectKey;
+use berth_proto::pb::{self, object::Kind as Body};
+use berth_proto::quantity::{format_cpu, format_memory};
+
+use crate::error::ApiError;
+use crate::state::{self, ObjectMap, Snapshot};
+use crate::storage::{Storage, StorageError, WriteBatch};
+
+/// The namespace every cluster has, which cannot be deleted.
+pub const DEFAULT_NAMESPACE: &str = berth_proto::defaults::DEFAULT_NAMESPACE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+}
+
+/// The result of one applied command.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The object the command named: as it is now, or as it was when deleted.
+    pub object: Arc<pb::Object>,
+    /// The revision that holds this result.
+    pub revision: u64,
+    /// What the command changed, for watchers; `None` when nothing changed.
+    pub record: Option<Arc<HistoryRecord>>,
+}
+
+pub struct StateMachine {
+    storage: Storage,
+    objects: ObjectMap,
+    revision: u64,
+    /// Writes of the commands applied since the last [`StateMachine::persist`].
+    pending: WriteBatch,
+}
+
+/// What a command will change, computed before anything is written.
+struct Plan {
+    outcome: Outcome,
+    subject: Arc<pb::Object>,
+    puts: Vec<Arc<pb::Object>>,
+    deletes: Vec<ObjectKey>,
+    changes: Vec<Change>,
+}
+
+impl StateMachine {
+    /// Loads the state from storage. Returns the machine and the compacted
+    /// history revision.
+    pub fn open(storage: Storage) -> Result<(StateMachine, u64), StorageError> {
+        let loaded = storage.load()?;
+        let objects = loaded
+            .objects
+            .into_iter()
+            .map(|o| (o.key(), Arc::new(o)))
+            .collect();
+        let machine = StateMachine {
+            storage,
+            objects,
+            revision: loaded.revision,
+            pending: WriteBatch::new(),
+        };
+        Ok((machine, loaded.compacted))
+    }
+
+    /// The revision of the last applied change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Writes what the commands applied since the last call changed, in one
+    /// atomic batch, and makes it durable.
+    pub fn persist(&mut self) -> Result<(), StorageError> {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.storage.write(batch)?;
+        self.storage.flush()
+    }
+
+    /// A view of the current objects (including writes not yet persisted:
+    /// only publish it once they are durable).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            revision: self.revision,
+            objects: self.objects.clone(),
+        }
+    }
+
+    /// Applies `command` as the write at `index`, which must be above the
+    /// current revision.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApiError> {
+        if index <= self.revision {
+            return Err(ApiError::Storage(format!(
+                "index {index} is not after the applied revision {}",
+                self.revision
+            )));
+        }
+        let plan = match &command.op {
+            None => return Err(ApiError::InvalidArgument("empty command".into())),
+            Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
+            Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
+            Some(Op::Delete(op)) => self.plan_delete(index, op)?,
+        };
+        if plan.outcome == Outcome::Unchanged {
+            return Ok(Applied {
+                outcome: plan.outcome,
+                object: plan.subject,
+                revision: self.revision,
+                record: None,
+            });
+        }
+        let record = HistoryRecord {
+            revision: index,
+            changes: plan.changes,
+        };
+        for key in plan.deletes {
+            self.pending.delete_object(&key);
+            self.objects.remove(&key);
+        }
+        for object in plan.puts {
+            self.pending.put_object(&object);
+            self.objects.insert(object.key(), object);
+        }
+        self.pending.put_revision(&record);
+        self.revision = index;
+        Ok(Applied {
+            outcome: plan.outcome,
+            object: plan.subject,
+            revision: index,
+            record: Some(Arc::new(record)),
+        })
+    }
+
+    fn plan_apply(&self, index: u64, time_ms: i64, op: &ApplyOp) -> Result<Plan, ApiError> {
+        let request = op
+            .object
+            .as_ref()
+            .ok_or_else(|| ApiError::InvalidArgument("object: required".into()))?;
+        let key = request.key();
+        self.require_namespace(&key)?;
+        let expected = request.resource_version();
+        let current = self.objects.get(&key);
+
+        let new = match current {
+            None => {
+                if expected != 0 {
+                    return Err(ApiError::NotFound(key));
+                }
+                let mut new = request.clone();
+                let meta = metadata_of(&mut new)?;
+                meta.uid = op.new_uid.clone();
+                meta.generation = 1;
+                meta.resource_version = index;
+                meta.created_at_ms = time_ms;
+                new
+            }
+            Some(current) => {
+                if op.create_only {
+                    return Err(ApiError::AlreadyExists(key));
+                }
+                check_preconditions(current, request)?;
+                let (mut new, spec_changed) = with_spec_of(current, request)?;
+                if new == **current {
+                    return Ok(Plan::unchanged(current.clone()));
+                }
+                let meta = metadata_of(&mut new)?;
+                if spec_changed {
+                    meta.generation += 1;
+                }
+                meta.resource_version = index;
+                new
+            }
+        };
+        self.admit(&new, current.map(|c| c.as_ref()))?;
+        Ok(Plan::put(new, current))
+    }
+
+    fn plan_update_status(&self, index: u64, op: &UpdateStatusOp) -> Result<Plan, ApiError> {
+        let request = op
+            .object
+            .as_ref()
+            .ok_or_else(|| ApiError::InvalidArgument("object: required".into()))?;
+        let key = request.key();
+        let current = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::NotFound(key.clone()))?;
+        check_preconditions(current, request)?;
+        let mut new = with_status_of(current, request)?;
+        if new == **current {
+            return Ok(Plan::unchanged(current.clone()));
+        }
+        metadata_of(&mut new)?.resource_version = index;
+        Ok(Plan::put(new, Some(current)))
+    }
+
+    fn plan_delete(&self, index: u64, op: &DeleteOp) -> Result<Plan, ApiError> {
+        let kind = pb::Kind::try_from(op.kind).unwrap_or(pb::Kind::Unspecified);
+        let key = ObjectKey::new(kind, op.namespace.clone(), op.name.clone());
+        let current = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::NotFound(key.clone()))?;
+        if op.resource_version != 0 && op.resource_version != current.resource_version() {
+            return Err(stale(&key, op.resource_version, current.resource_version()));
+        }
+        if kind == pb::Kind::Namespace && op.name == DEFAULT_NAMESPACE {
+            return Err(ApiError::FailedPrecondition(
+                "the default namespace cannot be deleted".into(),
+            ));
+        }
+        // Cascade: a job owns its tasks, a namespace owns everything in it.
+        let mut victims = vec![current.clone()];
+        match kind {
+            pb::Kind::Job => victims.extend(
+                state::scan(&self.objects, pb::Kind::Task, Some(&op.namespace))
+                    .filter(|t| task_job(t) == Some(op.name.as_str()))
+                    .cloned(),
+            ),
+            pb::Kind::Namespace => {
+                for child in pb::Kind::ALL.into_iter().filter(|k| k.is_namespaced()) {
+                    victims.extend(state::scan(&self.objects, child, Some(&op.name)).cloned());
+                }
+            }
+            _ => {}
+        }
+        let mut deletes = Vec::with_capacity(victims.len());
+        let mut changes = Vec::with_capacity(victims.len());
+        for victim in &victims {
+            let mut gone = (**victim).clone();
+            metadata_of(&mut gone)?.resource_version = index;
+            deletes.push(victim.key());
+            changes.push(Change {
+                r#type: pb::WatchEventType::Deleted as i32,
+                object: Some(gone),
+                prev: None,
+            });
+        }
+        Ok(Plan {
+            outcome: Outcome::Deleted,
+            subject: current.clone(),
+            puts: Vec::new(),
+            deletes,
+            changes,
+        })
+    }
+
+    fn require_namespace(&self, key: &ObjectKey) -> Result<(), ApiError> {
+        if key.kind.is_namespaced()
+            && !self.objects.contains_key(&ObjectKey::new(
+                pb::Kind::Namespace,
+                "",
+                key.namespace.clone(),
+            ))
+        {
+            return Err(ApiError::NamespaceNotFound(key.namespace.clone()));
+        }
+        Ok(())
+    }
+
+    /// Rules that depend on other objects.
+    fn admit(&self, new: &pb::Object, old: Option<&pb::Object>) -> Result<(), ApiError> {
+        match &new.kind {
+            Some(Body::Job(job)) => {
+                let old = match old.and_then(|o| o.kind.as_ref()) {
+                    Some(Body::Job(old)) => Some(old),
+                    _ => None,
+                };
+                self.check_quota(job, old)
+            }
+            Some(Body::Task(task)) => {
+                let job = task.spec.as_ref().map_or("", |s| s.job.as_str());
+                let job_key = ObjectKey::new(pb::Kind::Job, new.namespace(), job);
+                if self.objects.contains_key(&job_key) {
+                    Ok(())
+                } else {
+                    Err(ApiError::FailedPrecondition(format!(
+                        "spec.job: {job_key} not found; a task belongs to an existing job"
+                    )))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Borg-style admission: the requests of all of a namespace's jobs of one
+    /// tier must fit the tier's quota. A change that does not raise a job's
+    /// demand is always admitted, so that lowering a quota never blocks
+    /// scaling down.
+    fn check_quota(&self, job: &pb::Job, old: Option<&pb::Job>) -> Result<(), ApiError> {
+        let (Some(meta), Some(spec)) = (&job.metadata, &job.spec) else {
+            return Ok(());
+        };
+        let namespace_key = ObjectKey::new(pb::Kind::Namespace, "", meta.namespace.clone());
+        let limits = match self
+            .objects
+            .get(&namespace_key)
+            .and_then(|o| match &o.kind {
+                Some(Body::Namespace(ns)) => ns.spec.as_ref().and_then(|s| s.quota.clone()),
+                _ => None,
+            }) {
+            None => return Ok(()),
+            Some(quota) => match spec.tier() {
+                pb::Tier::Prod => quota.prod,
+                pb::Tier::Batch => quota.batch,
+                pb::Tier::Unspecified => None,
+            },
+        };
+        let Some(limits) = limits else {
+            return Ok(());
+        };
+        let tier = spec.tier();
+        let asked = Demand::of(job);
+        let before = old
+            .filter(|o| o.spec.as_ref().is_some_and(|s| s.tier() == tier))
+            .map(Demand::of)
+            .unwrap_or_default();
+        let mut others = Demand::default();
+        for other in state::scan(&self.objects, pb::Kind::Job, Some(&meta.namespace)) {
+            if let Some(Body::Job(other)) = &other.kind
+                && other.metadata.as_ref().is_some_and(|m| m.name != meta.name)
+                && other.spec.as_ref().is_some_and(|s| s.tier() == tier)
+            {
+                others.add(&Demand::of(other));
+            }
+        }
+        let tier_name = match tier {
+            pb::Tier::Prod => "prod",
+            _ => "batch",
+        };
+        let mut lines = vec![
+            QuotaLine::new("cpu", limits.cpu_millis, format_cpu, |d| d.cpu),
+            QuotaLine::new("memory", limits.memory_bytes, format_memory, |d| d.memory),
+        ];
+        for (name, limit) in &limits.extended {
+            lines.push(QuotaLine {
+                resource: name.clone(),
+                limit: Some(*limit),
+                format: |v| v.to_string(),
+                of: Box::new(move |d: &Demand| d.extended.get(name).copied().unwrap_or(0)),
+            });
+        }
+        for line in lines {
+            let Some(limit) = line.limit else { continue };
+            let (others, asked, before) =
+                ((line.of)(&others), (line.of)(&asked), (line.of)(&before));
+            if others + asked > i128::from(limit) && asked > before {
+                let show = |v: i128| (line.format)(i64::try_from(v).unwrap_or(i64::MAX));
+                return Err(ApiError::QuotaExceeded(format!(
+                    "namespace {}: the {tier_name} quota for {} is {}; other {tier_name} jobs use {}, \
+                     job {} asks for {} ({} replicas)",
+                    meta.namespace,
+                    line.resource,
+                    (line.format)(limit),
+                    show(others),
+                    meta.name,
+                    show(asked),
+                    spec.replicas,
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    fn unchanged(current: Arc<pb::Object>) -> Plan {
+        Plan {
+            outcome: Outcome::Unchanged,
+            subject: current,
+            puts: Vec::new(),
+            deletes: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    fn put(new: pb::Object, current: Option<&Arc<pb::Object>>) -> Plan {
+        let (outcome, change_type) = match current {
+            None => (Outcome::Created, pb::WatchEventType::Added),
+            Some(_) => (Outcome::Updated, pb::WatchEventType::Modified),
+        };
+        let new = Arc::new(new);
+        Plan {
+            outcome,
+            subject: new.clone(),
+            puts: vec![new.clone()],
+            deletes: Vec::new(),
+            changes: vec![Change {
+                r#type: change_type as i32,
+                object: Some((*new).clone()),
+                prev: current.map(|c| (**c).clone()),
+            }],
+        }
+    }
+}
+
+/// One limited resource of a tier's quota.
+struct QuotaLine<'a> {
+    resource: String,
+    limit: Option<i64>,
+    format: fn(i64) -> String,
+    /// Picks this resource out of a demand.
+    of: Box<dyn Fn(&Demand) -> i128 + 'a>,
+}
+
+impl QuotaLine<'_> {
+    fn new(
+        resource: &str,
+        limit: Option<i64>,
+        format: fn(i64) -> String,
+        of: fn(&Demand) -> i128,
+    ) -> Self {
+        QuotaLine {
+            resource: resource.to_string(),
+            limit,
+            format,
+            of: Box::new(of),
+        }
+    }
+}
+
+/// Total requests of a job: replicas × per-task resources. Wide integers,
+/// so that no sum of valid jobs can overflow.
+#[derive(Default)]
+struct Demand {
+    cpu: i128,
+    memory: i128,
+    extended: BTreeMap<String, i128>,
+}
+
+impl Demand {
+    fn of(job: &pb::Job) -> Demand {
+        let Some(spec) = &job.spec else {
+            return Demand::default();
+        };
+        let replicas = i128::from(spec.replicas);
+        let Some(r) = spec.template.as_ref().and_then(|t| t.resources.as_ref()) else {
+            return Demand::default();
+        };
+        Demand {
+            cpu: replicas * i128::from(r.cpu_millis),
+            memory: replicas * i128::from(r.memory_bytes),
+            extended: r
+                .extended
+                .iter()
+                .map(|(k, v)| (k.clone(), replicas * i128::from(*v)))
+                .collect(),
+        }
+    }
+
+    fn add(&mut self, other: &Demand) {
+        self.cpu += other.cpu;
+        self.memory += other.memory;
+        for (k, v) in &other.extended {
+            *self.extended.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+fn metadata_of(object: &mut pb::Object) -> Result<&mut pb::ObjectMeta, ApiError> {
+    object
+        .metadata_mut()
+        .ok_or_else(|| ApiError::InvalidArgument("kind: required".into()))
+}
+
+fn stale(key: &ObjectKey, expected: u64, actual: u64) -> ApiError {
+    ApiError::Conflict {
+        key: key.clone(),
+        reason: format!("resource_version {expected} is stale, the object is at {actual}"),
+    }
+}
+
+/// Optimistic concurrency: a non-zero resource_version and a non-empty uid in
+/// the request must match the stored object.
+fn check_preconditions(current: &pb::Object, request: &pb::Object) -> Result<(), ApiError> {
+    let expected = request.resource_version();
+    if expected != 0 && expected != current.resource_version() {
+        return Err(stale(&current.key(), expected, current.resource_version()));
+    }
+    let uid = request.metadata().map_or("", |m| m.uid.as_str());
+    let current_uid = current.metadata().map_or("", |m| m.uid.as_str());
+    if !uid.is_empty() && uid != current_uid {
+        return Err(ApiError::Conflict {
+            key: current.key(),
+            reason: format!(
+                "uid {uid} does not match: the object was deleted and created again as {current_uid}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The current object with labels and spec taken from the request (status,
+/// uid, generation and creation time stay the server's). Also tells whether
+/// the spec changed.
+fn with_spec_of(
+    current: &pb::Object,
+    request: &pb::Object,
+) -> Result<(pb::Object, bool), ApiError> {
+    let mut new = current.clone();
+    let spec_changed = match (&mut new.kind, &request.kind) {
+        (Some(Body::Job(n)), Some(Body::Job(r))) => replace(&mut n.spec, &r.spec),
+        (Some(Body::Task(n)), Some(Body::Task(r))) => replace(&mut n.spec, &r.spec),
+        (Some(Body::Node(n)), Some(Body::Node(r))) => replace(&mut n.spec, &r.spec),
+        (Some(Body::Namespace(n)), Some(Body::Namespace(r))) => replace(&mut n.spec, &r.spec),
+        (Some(Body::Event(n)), Some(Body::Event(r))) => {
+            // An event has no spec/status split: everything but metadata.
+            let metadata = n.metadata.take();
+            let changed = *n
+                != pb::Event {
+                    metadata: None,
+                    ..r.clone()
+                };
+            *n = pb::Event {
+                metadata,
+                ..r.clone()
+            };
+            changed
+        }
+        _ => {
+            return Err(ApiError::InvalidArgument(
+                "kind does not match the stored object".into(),
+            ));
+        }
+    };
+    if let (Some(meta), Some(requested)) = (new.metadata_mut(), request.metadata()) {
+        meta.labels = requested.labels.clone();
+    }
+    Ok((new, spec_changed))
+}
+
+/// The current object with its status replaced by the request's.
+fn with_status_of(current: &pb::Object, request: &pb::Object) -> Result<pb::Object, ApiError> {
+    let mut new = current.clone();
+    match (&mut new.kind, &request.kind) {
+        (Some(Body::Job(n)), Some(Body::Job(r))) => n.status = r.status,
+        (Some(Body::Task(n)), Some(Body::Task(r))) => n.status = r.status.clone(),
+        (Some(Body::Node(n)), Some(Body::Node(r))) => n.status = r.status.clone(),
+        _ => {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} has no status to update",
+                current.kind()
+            )));
+        }
+    }
+    Ok(new)
+}
+
+fn replace<T: Clone + PartialEq>(slot: &mut Option<T>, value: &Option<T>) -> bool {
+    let changed = slot != value;
+    slot.clone_from(value);
+    changed
+}
+
+fn task_job(object: &pb::Object) -> Option<&str> {
+    match &object.kind {
+        Some(Body::Task(t)) => t.spec.as_ref().map(|s| s.job.as_str()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::defaults;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        machine: StateMachine,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage::open(dir.path()).unwrap();
+            let (machine, _) = StateMachine::open(storage).unwrap();
+            let mut f = Fixture { _dir: dir, machine };
+            f.apply(namespace("default", None)).unwrap();
+            f
+        }
+
+        fn next(&mut self, op: Op) -> Result<Applied, ApiError> {
+            let index = self.machine.revision() + 1;
+            self.machine.apply(
+                index,
+                &Command {
+                    time_ms: 1_000 * index as i64,
+                    op: Some(op),
+                },
+            )
+        }
+
+        fn apply(&mut self, mut object: pb::Object) -> Result<Applied, ApiError> {
+            defaults::apply(&mut object);
+            let uid = format!("uid-{}", self.machine.revision() + 1);
+            self.next(Op::Apply(ApplyOp {
+                object: Some(object),
+                create_only: false,
+                new_uid: uid,
+            }))
+        }
+
+        fn delete(
+            &mut self,
+            kind: pb::Kind,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Applied, ApiError> {
+            self.next(Op::Delete(DeleteOp {
+                kind: kind as i32,
+                namespace: namespace.into(),
+                name: name.into(),
+                resource_version: 0,
+            }))
+        }
+
+        fn count(&self, kind: pb::Kind) -> usize {
+            self.machine.snapshot().scan(kind, None).count()
+        }
+    }
+
+    fn meta(name: &str, namespace: &str) -> Option<pb::ObjectMeta> {
+        Some(pb::ObjectMeta {
+            name: name.into(),
+            namespace: namespace.into(),
+            ..Default::default()
+        })
+    }
+
+    fn namespace(name: &str, prod_cpu: Option<i64>) -> pb::Object {
+        pb::Object::from(pb::Namespace {
+            metadata: meta(name, ""),
+            spec: Some(pb::NamespaceSpec {
+                quota: prod_cpu.map(|cpu| pb::Quota {
+                    prod: Some(pb::QuotaLimits {
+                        cpu_millis: Some(cpu),
+                        ..Default::default()
+                    }),
+                    batch: None,
+                }),
+            }),
+        })
+    }
+
+    fn job(name: &str, namespace: &str, replicas: u32, cpu: i64) -> pb::Object {
+        pb::Object::from(pb::Job {
+            metadata: meta(name, namespace),
+            spec: Some(pb::JobSpec {
+                tier: pb::Tier::Prod as i32,
+                replicas,
+                template: Some(pb::TaskTemplate {
+                    image: "app:1".into(),
+                    resources: Some(pb::Resources {
+                        cpu_millis: cpu,
+                        memory_bytes: 1 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    fn task(name: &str, job: &str) -> pb::Object {
+        let pb::Object {
+            kind: Some(Body::Job(j)),
+        } = self::job(job, "default", 1, 100)
+        else {
+            unreachable!()
+        };
+        let spec = j.spec.unwrap();
+        pb::Object::from(pb::Task {
+            metadata: meta(name, "default"),
+            spec: Some(pb::TaskSpec {
+                job: job.into(),
+                tier: spec.tier,
+                template: spec.template,
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    #[test]
+    fn create_update_unchanged() {
+        let mut f = Fixture::new();
+        let created = f.apply(job("web", "default", 2, 100)).unwrap();
+        assert_eq!(created.outcome, Outcome::Created);
+        let meta = created.object.metadata().unwrap().clone();
+        assert_eq!((meta.generation, meta.resource_version), (1, 2));
+        assert_eq!(meta.created_at_ms, 2_000);
+        assert_eq!(meta.uid, "uid-2");
+
+        let same = f.apply(job("web", "default", 2, 100)).unwrap();
+        assert_eq!(same.outcome, Outcome::Unchanged);
+        assert_eq!(f.machine.revision(), 2, "a no-op write takes no revision");
+
+        let updated = f.apply(job("web", "default", 3, 100)).unwrap();
+        assert_eq!(updated.outcome, Outcome::Updated);
+        let meta = updated.object.metadata().unwrap();
+        assert_eq!(
+            (meta.generation, meta.resource_version, meta.uid.as_str()),
+            (2, 3, "uid-2")
+        );
+        let record = updated.record.unwrap();
+        assert_eq!(
+            record.changes[0].r#type,
+            pb::WatchEventType::Modified as i32
+        );
+        assert!(record.changes[0].prev.is_some());
+    }
+
+    #[test]
+    fn stale_resource_version_is_aborted() {
+        let mut f = Fixture::new();
+        f.apply(job("web", "default", 1, 100)).unwrap();
+        f.apply(job("web", "default", 2, 100)).unwrap();
+        let mut stale = job("web", "default", 5, 100);
+        stale.metadata_mut().unwrap().resource_version = 2;
+        let err = f.apply(stale).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
+        assert!(
+            err.to_string()
+                .contains("resource_version 2 is stale, the object is at 3")
+        );
+    }
+
+    #[test]
+    fn objects_need_their_namespace() {
+        let mut f = Fixture::new();
+        let err = f.apply(job("web", "team-a", 1, 100)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(
+            f.machine.revision(),
+            1,
+            "a rejected write takes no revision"
+        );
+    }
+
+    #[test]
+    fn quota_is_enforced_per_tier() {
+        let mut f = Fixture::new();
+        f.apply(namespace("team-a", Some(1000))).unwrap();
+        f.apply(job("a", "team-a", 2, 300)).unwrap();
+        let err = f.apply(job("b", "team-a", 2, 300)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.to_string().contains(
+                "the prod quota for cpu is 1; other prod jobs use 600m, job b asks for 600m"
+            ),
+            "{err}"
+        );
+        f.apply(job("b", "team-a", 1, 300)).unwrap();
+        // Lowering the quota below use does not block scaling down.
+        f.apply(namespace("team-a", Some(100))).unwrap();
+        f.apply(job("a", "team-a", 1, 300)).unwrap();
+    }
+
+    #[test]
+    fn deleting_a_job_deletes_its_tasks() {
+        let mut f = Fixture::new();
+        f.apply(job("web", "default", 2, 100)).unwrap();
+        f.apply(job("db", "default", 1, 100)).unwrap();
+        f.apply(task("web-0", "web")).unwrap();
+        f.apply(task("web-1", "web")).unwrap();
+        f.apply(task("db-0", "db")).unwrap();
+        let deleted = f.delete(pb::Kind::Job, "default", "web").unwrap();
+        assert_eq!(deleted.record.unwrap().changes.len(), 3);
+        assert_eq!(f.count(pb::Kind::Task), 1);
+        let err = f.apply(task("web-2", "web")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn deleting_a_namespace_deletes_its_contents() {
+        let mut f = Fixture::new();
+        f.apply(namespace("team-a", None)).unwrap();
+        f.apply(job("a", "team-a", 1, 100)).unwrap();
+        f.apply(job("b", "default", 1, 100)).unwrap();
+        f.delete(pb::Kind::Namespace, "", "team-a").unwrap();
+        assert_eq!(f.count(pb::Kind::Job), 1);
+        let err = f.delete(pb::Kind::Namespace, "", "default").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let (machine, _) = StateMachine::open(Storage::open(dir.path()).unwrap()).unwrap();
+            let mut f = Fixture {
+                _dir: tempfile::tempdir().unwrap(),
+                machine,
+            };
+            f.apply(namespace("default", None)).unwrap();
+            f.apply(job("web", "default", 2, 100)).unwrap();
+            f.delete(pb::Kind::Job, "default", "web").unwrap();
+            f.apply(job("api", "default", 2, 100)).unwrap();
+            f.machine.persist().unwrap();
+            f.machine.snapshot()
+        };
+        let (machine, _) = StateMachine::open(crate::storage::tests::reopen(dir.path())).unwrap();
+        let after = machine.snapshot();
+        assert_eq!(after.revision, before.revision);
+        assert_eq!(after.objects, before.objects);
+    }
+}

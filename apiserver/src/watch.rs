@@ -1,0 +1,230 @@
+//! Watch: ordered, gap-free change streams from any revision.
+//!
+//! Every change is a [`HistoryRecord`] at its revision. The [`WatchHub`] keeps
+//! the newest records in memory and the rest in storage until compacted; a
+//! watcher is a cursor that reads records after its revision (from memory when
+//! it can, from disk when it fell behind), filters them, and waits for the next
+//! published snapshot when it has caught up. Because a watcher only ever moves
+//! its cursor over records in revision order, it cannot skip or repeat one,
+//! however slow its client is.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use berth_proto::internal::{Change, HistoryRecord};
+use berth_proto::pb;
+use berth_proto::selector::Selector;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::error::ApiError;
+use crate::state::Snapshot;
+use crate::storage::Storage;
+
+/// Records read per step of a watcher.
+const READ_CHUNK: usize = 512;
+
+pub struct WatchHub {
+    storage: Storage,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    recent: RwLock<Recent>,
+    /// History at or below this revision may be gone.
+    compacted: AtomicU64,
+    capacity: usize,
+}
+
+/// The newest records. Every record with a revision above `floor` is here.
+struct Recent {
+    floor: u64,
+    records: VecDeque<Arc<HistoryRecord>>,
+}
+
+impl WatchHub {
+    pub fn new(storage: Storage, snapshot: Snapshot, compacted: u64, capacity: usize) -> WatchHub {
+        let floor = snapshot.revision;
+        WatchHub {
+            storage,
+            snapshot: watch::Sender::new(Arc::new(snapshot)),
+            recent: RwLock::new(Recent {
+                floor,
+                records: VecDeque::new(),
+            }),
+            compacted: AtomicU64::new(compacted),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The newest durable state.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn compacted(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// Makes a durable batch visible: first its records, then the snapshot
+    /// (which wakes the watchers), so a reader of the snapshot at revision R
+    /// always finds every record up to R.
+    pub fn publish(&self, snapshot: Snapshot, records: Vec<Arc<HistoryRecord>>) {
+        if !records.is_empty() {
+            let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+            recent.records.extend(records);
+            while recent.records.len() > self.capacity {
+                if let Some(evicted) = recent.records.pop_front() {
+                    recent.floor = evicted.revision;
+                }
+            }
+        }
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// Announces that history up to `upto` is about to be deleted from disk.
+    pub fn begin_compaction(&self, upto: u64) {
+        self.compacted.fetch_max(upto, Ordering::AcqRel);
+    }
+
+    /// Up to [`READ_CHUNK`] records with a revision above `after`, in order.
+    pub fn records_after(&self, after: u64) -> Result<Vec<Arc<HistoryRecord>>, ApiError> {
+        self.check_not_compacted(after)?;
+        {
+            let recent = self.recent.read().unwrap_or_else(|e| e.into_inner());
+            if after >= recent.floor {
+                let start = recent.records.partition_point(|r| r.revision <= after);
+                return Ok(recent
+                    .records
+                    .range(start..)
+                    .take(READ_CHUNK)
+                    .cloned()
+                    .collect());
+            }
+        }
+        let records = self
+            .storage
+            .history_after(after, READ_CHUNK)
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        // Compaction may have removed records while we read: if it reached our
+        // cursor, what we read may have a hole.
+        self.check_not_compacted(after)?;
+        Ok(records.into_iter().map(Arc::new).collect())
+    }
+
+    fn check_not_compacted(&self, after: u64) -> Result<(), ApiError> {
+        let compacted = self.compacted();
+        if after < compacted {
+            return Err(ApiError::Compacted {
+                requested: after,
+                oldest: compacted,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+}
+
+/// What a watcher wants to see.
+pub struct Filter {
+    pub kind: pb::Kind,
+    pub namespace: Option<String>,
+    pub selector: Selector,
+}
+
+impl Filter {
+    fn selects(&self, object: &pb::Object) -> bool {
+        object.kind() == self.kind
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| object.namespace() == ns)
+            && object.labels().is_some_and(|l| self.selector.matches(l))
+    }
+
+    /// The event a change means to this watcher, if any. An object modified
+    /// into or out of the selection is ADDED or DELETED for it.
+    fn event(&self, change: &Change, revision: u64) -> Option<pb::WatchEvent> {
+        let object = change.object.as_ref()?;
+        let now = self.selects(object);
+        let ty = match pb::WatchEventType::try_from(change.r#type).ok()? {
+            pb::WatchEventType::Modified => {
+                let before = change.prev.as_ref().is_some_and(|p| self.selects(p));
+                match (before, now) {
+                    (true, true) => pb::WatchEventType::Modified,
+                    (false, true) => pb::WatchEventType::Added,
+                    (true, false) => pb::WatchEventType::Deleted,
+                    (false, false) => return None,
+                }
+            }
+            ty @ (pb::WatchEventType::Added | pb::WatchEventType::Deleted) if now => ty,
+            _ => return None,
+        };
+        Some(pb::WatchEvent {
+            r#type: ty as i32,
+            object: Some(object.clone()),
+            revision,
+        })
+    }
+}
+
+/// Streams the changes after `from` that pass `filter` into `out`, until the
+/// client goes away, the server shuts down, or the cursor falls behind
+/// compaction (then the stream ends with OUT_OF_RANGE). Sends a BOOKMARK with
+/// the current revision every `bookmark_every` while idle.
+pub async fn run_watcher(
+    hub: Arc<WatchHub>,
+    filter: Filter,
+    from: u64,
+    out: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    mut shutdown: watch::Receiver<bool>,
+    bookmark_every: Duration,
+) {
+    let mut snapshots = hub.subscribe();
+    let mut cursor = from;
+    let mut bookmarks = tokio::time::interval(bookmark_every);
+    bookmarks.reset();
+    loop {
+        // Mark the current snapshot seen before reading, so that a publish
+        // after the read is never missed.
+        let latest = snapshots.borrow_and_update().revision;
+        let records = match hub.records_after(cursor) {
+            Ok(records) => records,
+            Err(e) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if records.is_empty() {
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                _ = bookmarks.tick() => {
+                    let bookmark = pb::WatchEvent {
+                        r#type: pb::WatchEventType::Bookmark as i32,
+                        object: None,
+                        revision: latest.max(cursor),
+                    };
+                    if out.send(Ok(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = out.closed() => return,
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        for record in records {
+            for change in &record.changes {
+                if let Some(event) = filter.event(change, record.revision)
+                    && out.send(Ok(event)).await.is_err()
+                {
+                    return;
+                }
+            }
+            cursor = record.revision;
+        }
+        bookmarks.reset();
+    }
+}

@@ -1,0 +1,117 @@
+//! berthctl's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berthctl",
+    version,
+    about = "Drive a Berth cluster: apply manifests, inspect jobs, tasks and nodes, run a local cluster",
+    after_help = "Start a local cluster with `berthctl up`, then `berthctl apply -f manifests/` and \
+                  `berthctl get jobs`.\n\nThe server is taken from --server, else BERTH_SERVER, else \
+                  the config file `berthctl up` writes (BERTH_CONFIG, default ~/.berth/config.yaml), \
+                  else 127.0.0.1:7400."
+)]
+pub struct Cli {
+    /// API servers as HOST:PORT, comma-separated; berthctl fails over between them.
+    #[arg(long, global = true, env = "BERTH_SERVER")]
+    pub server: Option<String>,
+
+    /// Namespace of namespaced kinds (jobs, tasks, events) [default: default].
+    #[arg(short = 'n', long, global = true, env = "BERTH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from YAML manifests.
+    Apply(ApplyArgs),
+    /// List objects, or show some by name.
+    Get(GetArgs),
+    /// Show one object in detail, with its related objects and events.
+    Describe(DescribeArgs),
+    /// Delete objects by name or by manifest.
+    Delete(DeleteArgs),
+    /// Run a local cluster in the foreground until Ctrl-C.
+    Up(UpArgs),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A manifest file, a directory of *.yaml / *.yml / *.json files, or - for stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// namespaces (ns), nodes (no), jobs (j), tasks (t) or events (ev).
+    pub kind: String,
+
+    /// Names of the objects to show; all when omitted.
+    pub names: Vec<String>,
+
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// Label selector, e.g. `app=web,zone in (a,b)`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Format>,
+
+    /// After printing, watch for changes and print them as they happen.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The kind: namespace, node, job, task or event.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The kind, when deleting by name.
+    pub kind: Option<String>,
+
+    /// Names of the objects to delete.
+    pub names: Vec<String>,
+
+    /// Delete the objects a manifest describes (file, directory or -). Repeatable.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+
+    /// Succeed when an object is already gone.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the cluster keeps its state, reused across runs [default: ~/.berth/cluster].
+    #[arg(long, env = "BERTH_UP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the API server.
+    #[arg(long, default_value = berth_proto::connect::DEFAULT_SERVER)]
+    pub listen: SocketAddr,
+}

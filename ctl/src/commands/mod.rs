@@ -1,0 +1,7 @@
+//! One module per berthctl command.
+
+pub mod apply;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod up;

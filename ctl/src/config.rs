@@ -1,0 +1,62 @@
+//! Which servers berthctl talks to, and the config file `berthctl up` writes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The config file: where the cluster is.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// API servers as HOST:PORT.
+    pub servers: Vec<String>,
+}
+
+/// `$BERTH_CONFIG`, else `~/.berth/config.yaml`.
+pub fn config_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("BERTH_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    home().map(|h| h.join("config.yaml"))
+}
+
+/// `~/.berth`, where `up` keeps its files by default.
+pub fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".berth"))
+}
+
+/// The server list: the flag (or BERTH_SERVER), else the config file, else
+/// the default address.
+pub fn servers(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(list) = flag {
+        return Ok(list.to_string());
+    }
+    if let Some(path) = config_path()
+        && path.exists()
+    {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: ConfigFile = serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a berthctl config file", path.display()))?;
+        if !config.servers.is_empty() {
+            return Ok(config.servers.join(","));
+        }
+    }
+    Ok(berth_proto::connect::DEFAULT_SERVER.to_string())
+}
+
+/// Writes the config file so that later commands find the cluster.
+pub fn write(servers: &[String]) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = config_path() else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = serde_yaml::to_string(&ConfigFile {
+        servers: servers.to_vec(),
+    })?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(path))
+}

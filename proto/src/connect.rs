@@ -1,0 +1,210 @@
+//! The one place where Berth builds gRPC clients and servers, so that
+//! timeouts, keepalives, message limits and failover are decided once.
+//!
+//! A client is given a list of servers (`--server a:7400,b:7400` or
+//! `BERTH_SERVER`). [`BerthClient::call`] sends to the server that answered
+//! last and moves on to the next one when a server is unreachable.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Status};
+
+use crate::pb::cluster_client::ClusterClient;
+use crate::pb::cluster_server::{Cluster, ClusterServer};
+use crate::pb::objects_client::ObjectsClient;
+use crate::pb::objects_server::{Objects, ObjectsServer};
+
+/// Where berthctl and the components look when given no server.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
+
+/// Largest request a server decodes. Objects themselves are limited to
+/// [`crate::validate::MAX_OBJECT_BYTES`]; the margin lets an oversize object
+/// reach validation and get a RESOURCE_EXHAUSTED that names it, instead of a
+/// transport error.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest response a client decodes (a List of every task in a large cluster).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024 * 1024;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no server given: pass --server HOST:PORT[,HOST:PORT…] or set BERTH_SERVER")]
+    NoServer,
+    #[error("server address {address:?} is not valid: {reason}")]
+    BadAddress { address: String, reason: String },
+}
+
+/// Splits `a:7400, b:7400` into addresses; accepts `http://` prefixes.
+pub fn parse_servers(list: &str) -> Result<Vec<String>, ConnectError> {
+    let servers: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_start_matches("http://").to_string())
+        .collect();
+    if servers.is_empty() {
+        return Err(ConnectError::NoServer);
+    }
+    for s in &servers {
+        endpoint(s)?;
+    }
+    Ok(servers)
+}
+
+/// A lazily connecting endpoint with Berth's timeouts and keepalives.
+pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
+    let bad = |reason: String| ConnectError::BadAddress {
+        address: address.to_string(),
+        reason,
+    };
+    if !address.contains(':') {
+        return Err(bad("expected HOST:PORT".into()));
+    }
+    let endpoint =
+        Endpoint::from_shared(format!("http://{address}")).map_err(|e| bad(e.to_string()))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// A server builder with Berth's transport settings.
+pub fn server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// Wraps an `Objects` implementation with Berth's message limits.
+pub fn objects_service<S: Objects>(service: S) -> ObjectsServer<S> {
+    ObjectsServer::new(service)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// Wraps a `Cluster` implementation with Berth's message limits.
+pub fn cluster_service<S: Cluster>(service: S) -> ClusterServer<S> {
+    ClusterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// A client of a Berth cluster that fails over between its servers.
+#[derive(Debug)]
+pub struct BerthClient {
+    servers: Vec<(String, Channel)>,
+    /// Index of the server to try first: the last one that answered.
+    current: AtomicUsize,
+}
+
+impl BerthClient {
+    /// Builds a client; connections are made on first use.
+    pub fn new(servers: &[String]) -> Result<BerthClient, ConnectError> {
+        if servers.is_empty() {
+            return Err(ConnectError::NoServer);
+        }
+        let servers = servers
+            .iter()
+            .map(|s| Ok((s.clone(), endpoint(s)?.connect_lazy())))
+            .collect::<Result<Vec<_>, ConnectError>>()?;
+        Ok(BerthClient {
+            servers,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Builds a client from a comma-separated list.
+    pub fn from_list(list: &str) -> Result<BerthClient, ConnectError> {
+        BerthClient::new(&parse_servers(list)?)
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|(s, _)| s.as_str())
+    }
+
+    /// An `Objects` client on the preferred server, without failover (for
+    /// streams the caller re-opens itself).
+    pub fn objects(&self) -> ObjectsClient<Channel> {
+        let i = self.current.load(Ordering::Relaxed) % self.servers.len();
+        objects_client(self.servers[i].1.clone())
+    }
+
+    /// Runs `call` against the preferred server; when that server is
+    /// unreachable, tries each other server once. Returns the first answer
+    /// that is not UNAVAILABLE, or the last error.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(ObjectsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.with_channel(|channel| call(objects_client(channel)))
+            .await
+    }
+
+    /// As [`BerthClient::call`], for the `Cluster` service.
+    pub async fn call_cluster<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.with_channel(|channel| call(ClusterClient::new(channel)))
+            .await
+    }
+
+    async fn with_channel<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let n = self.servers.len();
+        let mut last_error = None;
+        for attempt in 0..n {
+            let i = (start + attempt) % n;
+            let (address, channel) = &self.servers[i];
+            match call(channel.clone()).await {
+                Err(status) if status.code() == Code::Unavailable => {
+                    tracing::debug!(server = %address, error = %status.message(), "server unavailable");
+                    last_error = Some(Status::unavailable(format!(
+                        "server {address} is unavailable: {}",
+                        status.message()
+                    )));
+                }
+                result => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return result;
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Status::unavailable("no server answered")))
+    }
+}
+
+fn objects_client(channel: Channel) -> ObjectsClient<Channel> {
+    ObjectsClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_lists() {
+        assert_eq!(
+            parse_servers("127.0.0.1:7400, http://10.0.0.2:7400").unwrap(),
+            vec!["127.0.0.1:7400", "10.0.0.2:7400"]
+        );
+        assert!(matches!(parse_servers(" , "), Err(ConnectError::NoServer)));
+        assert!(parse_servers("localhost").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! Kind-independent access to objects: names, metadata, kinds and their
+//! spellings on the command line.
+
+use std::fmt;
+
+use crate::pb::{self, object::Kind as Body};
+
+impl pb::Kind {
+    /// Every kind a user can name, in the order `get all` prints them.
+    pub const ALL: [pb::Kind; 5] = [
+        pb::Kind::Namespace,
+        pb::Kind::Node,
+        pb::Kind::Job,
+        pb::Kind::Task,
+        pb::Kind::Event,
+    ];
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn is_namespaced(self) -> bool {
+        matches!(self, pb::Kind::Job | pb::Kind::Task | pb::Kind::Event)
+    }
+
+    /// The manifest spelling: `Job`, `Namespace`, ….
+    pub fn title(self) -> &'static str {
+        match self {
+            pb::Kind::Unspecified => "Unspecified",
+            pb::Kind::Namespace => "Namespace",
+            pb::Kind::Node => "Node",
+            pb::Kind::Job => "Job",
+            pb::Kind::Task => "Task",
+            pb::Kind::Event => "Event",
+        }
+    }
+
+    /// The plural, lower-case spelling used by `berthctl get jobs`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            pb::Kind::Unspecified => "unspecified",
+            pb::Kind::Namespace => "namespaces",
+            pb::Kind::Node => "nodes",
+            pb::Kind::Job => "jobs",
+            pb::Kind::Task => "tasks",
+            pb::Kind::Event => "events",
+        }
+    }
+
+    /// Parses what a user may type: `job`, `jobs`, `Job`, `j`; `ns`, `no`, `ev`.
+    pub fn parse(word: &str) -> Option<pb::Kind> {
+        let kind = match word.to_ascii_lowercase().as_str() {
+            "namespace" | "namespaces" | "ns" => pb::Kind::Namespace,
+            "node" | "nodes" | "no" => pb::Kind::Node,
+            "job" | "jobs" | "j" => pb::Kind::Job,
+            "task" | "tasks" | "t" => pb::Kind::Task,
+            "event" | "events" | "ev" => pb::Kind::Event,
+            _ => return None,
+        };
+        Some(kind)
+    }
+}
+
+impl fmt::Display for pb::Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.title())
+    }
+}
+
+/// Identifies one object: kind, namespace (empty when cluster-scoped), name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: pb::Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: pb::Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    /// `job default/web`, `node n1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind.title().to_ascii_lowercase();
+        if self.namespace.is_empty() {
+            write!(f, "{kind} {}", self.name)
+        } else {
+            write!(f, "{kind} {}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+impl pb::Object {
+    pub fn kind(&self) -> pb::Kind {
+        match &self.kind {
+            None => pb::Kind::Unspecified,
+            Some(Body::Namespace(_)) => pb::Kind::Namespace,
+            Some(Body::Node(_)) => pb::Kind::Node,
+            Some(Body::Job(_)) => pb::Kind::Job,
+            Some(Body::Task(_)) => pb::Kind::Task,
+            Some(Body::Event(_)) => pb::Kind::Event,
+        }
+    }
+
+    pub fn metadata(&self) -> Option<&pb::ObjectMeta> {
+        match &self.kind {
+            None => None,
+            Some(Body::Namespace(o)) => o.metadata.as_ref(),
+            Some(Body::Node(o)) => o.metadata.as_ref(),
+            Some(Body::Job(o)) => o.metadata.as_ref(),
+            Some(Body::Task(o)) => o.metadata.as_ref(),
+            Some(Body::Event(o)) => o.metadata.as_ref(),
+        }
+    }
+
+    /// The metadata, created empty if absent. `None` only for an object
+    /// without a kind.
+    pub fn metadata_mut(&mut self) -> Option<&mut pb::ObjectMeta> {
+        let slot = match &mut self.kind {
+            None => return None,
+            Some(Body::Namespace(o)) => &mut o.metadata,
+            Some(Body::Node(o)) => &mut o.metadata,
+            Some(Body::Job(o)) => &mut o.metadata,
+            Some(Body::Task(o)) => &mut o.metadata,
+            Some(Body::Event(o)) => &mut o.metadata,
+        };
+        Some(slot.get_or_insert_with(Default::default))
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().map_or("", |m| m.name.as_str())
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata().map_or("", |m| m.namespace.as_str())
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.metadata().map_or(0, |m| m.resource_version)
+    }
+
+    pub fn labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.metadata().map(|m| &m.labels)
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(self.kind(), self.namespace(), self.name())
+    }
+}
+
+macro_rules! into_object {
+    ($($ty:ident),*) => {
+        $(impl From<pb::$ty> for pb::Object {
+            fn from(o: pb::$ty) -> Self {
+                pb::Object { kind: Some(Body::$ty(o)) }
+            }
+        })*
+    };
+}
+into_object!(Namespace, Node, Job, Task, Event);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_every_spelling() {
+        for kind in pb::Kind::ALL {
+            assert_eq!(pb::Kind::parse(kind.plural()), Some(kind));
+            assert_eq!(pb::Kind::parse(kind.title()), Some(kind));
+        }
+        assert_eq!(pb::Kind::parse("ns"), Some(pb::Kind::Namespace));
+        assert_eq!(pb::Kind::parse("pods"), None);
+    }
+
+    #[test]
+    fn keys_display_like_messages() {
+        let job = pb::Object::from(pb::Job {
+            metadata: Some(pb::ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(job.key().to_string(), "job default/web");
+        assert_eq!(
+            ObjectKey::new(pb::Kind::Node, "", "n1").to_string(),
+            "node n1"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! `berth-bench`: measures the apiserver on this machine.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/berth-bench writes --clients 1,64 --duration 10s
+//! target/release/berth-bench memory --tasks 100000
+//! ```
+//!
+//! Each run starts its own `berth-apiserver` (the binary next to this one) on
+//! a fresh temporary data dir, unless `--server` names a running one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use berth_proto::connect::BerthClient;
+use berth_proto::pb;
+use berth_tests::{ApiServer, apply, job};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-bench",
+    about = "Measure Berth's apiserver on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Throughput and latency of single-object writes (each a create, durable).
+    Writes {
+        /// Numbers of concurrent clients to measure, comma-separated.
+        #[arg(long, default_value = "1,64", value_delimiter = ',')]
+        clients: Vec<usize>,
+        /// How long each measurement runs.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// A running server to measure instead of starting one.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Resident memory of an apiserver holding many task objects.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u32,
+        /// Concurrent writers used to load the tasks.
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 10s): {e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Writes {
+            clients,
+            duration,
+            server,
+        } => writes(&clients, duration, server).await,
+        Bench::Memory { tasks, clients } => memory(tasks, clients).await,
+    }
+}
+
+async fn writes(
+    clients: &[usize],
+    duration: Duration,
+    server: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_server, address) = match server {
+        Some(address) => (None, address),
+        None => {
+            let s = ApiServer::start(dir.path());
+            let address = s.addr.clone();
+            (Some(s), address)
+        }
+    };
+    println!(
+        "single-object writes (create a job; acknowledged = fsync'ed), {duration:?} per run, server {address}"
+    );
+    println!(
+        "{:>8} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "clients", "writes", "writes/s", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    for (run, &n) in clients.iter().enumerate() {
+        let client = Arc::new(BerthClient::from_list(&address)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for c in 0..n {
+            let client = client.clone();
+            let stop = stop.clone();
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let object = job("default", &format!("bench-{run}-{c}-{i}"), 1);
+                    let t = Instant::now();
+                    apply(&client, object).await.context("write failed")?;
+                    latencies.push(t.elapsed());
+                    i += 1;
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut latencies = Vec::new();
+        for w in workers {
+            latencies.extend(w.await??);
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        let pct = |p: f64| {
+            let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "{:>8} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+            n,
+            latencies.len(),
+            latencies.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            pct(0.999)
+        );
+    }
+    Ok(())
+}
+
+async fn memory(tasks: u32, clients: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = ApiServer::start(dir.path());
+    let pid = server.pid().context("no server process")?;
+    let client = Arc::new(server.client());
+    println!("apiserver pid {pid}: RSS empty {}", rss(pid)?);
+
+    apply(&client, job("default", "bench", tasks)).await?;
+    let template = match job("default", "bench", tasks).kind {
+        Some(pb::object::Kind::Job(j)) => j.spec.and_then(|s| s.template),
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..clients {
+        let client = client.clone();
+        let template = template.clone();
+        writers.push(tokio::spawn(async move {
+            let mut index = w;
+            while index < tasks {
+                let task = pb::Task {
+                    metadata: Some(pb::ObjectMeta {
+                        name: format!("bench-{index}"),
+                        namespace: "default".into(),
+                        labels: [("job".to_string(), "bench".to_string())].into(),
+                        ..Default::default()
+                    }),
+                    spec: Some(pb::TaskSpec {
+                        job: "bench".into(),
+                        index,
+                        tier: pb::Tier::Batch as i32,
+                        template: template.clone(),
+                        ..Default::default()
+                    }),
+                    status: Some(pb::TaskStatus {
+                        phase: pb::TaskPhase::Pending as i32,
+                        ..Default::default()
+                    }),
+                };
+                apply(&client, task.into()).await?;
+                index += clients;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    let load = started.elapsed();
+    let list_started = Instant::now();
+    let listed = client
+        .call(|mut c| async move {
+            c.list(pb::ListRequest {
+                kind: pb::Kind::Task as i32,
+                ..Default::default()
+            })
+            .await
+        })
+        .await?
+        .into_inner()
+        .objects
+        .len();
+    let list = list_started.elapsed();
+    if listed != tasks as usize {
+        bail!("listed {listed} tasks, expected {tasks}");
+    }
+    println!(
+        "{tasks} tasks written in {:.1}s ({:.0}/s, {clients} clients)",
+        load.as_secs_f64(),
+        f64::from(tasks) / load.as_secs_f64()
+    );
+    println!(
+        "RSS holding {tasks} tasks: {}   (peak {})",
+        rss(pid)?,
+        peak(pid)?
+    );
+    println!(
+        "List of all {tasks} tasks: {:.0} ms",
+        list.as_secs_f64() * 1000.0
+    );
+    println!("data dir on disk: {} MiB", du(dir.path()) / (1 << 20));
+    Ok(())
+}
+
+fn status_field(pid: u32, field: &str) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("unreadable")?;
+    Ok(format!("{:.1} MiB", kib as f64 / 1024.0))
+}
+
+fn rss(pid: u32) -> anyhow::Result<String> {
+    status_field(pid, "VmRSS:")
+}
+
+fn peak(pid: u32) -> anyhow::Result<String> {
+    status_field(pid, "VmHWM:")
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for entry in entries.flatten() {
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(entry.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,294 @@
+//! Test harness: run the real Berth binaries on loopback and temporary dirs.
+//!
+//! The binaries come from the workspace's target directory, so build them
+//! first: `cargo build --workspace` (the README's test command does).
+//! Everything waits for conditions with a deadline; nothing sleeps and hopes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth_proto::connect::BerthClient;
+use berth_proto::pb;
+
+/// How long a server may take to start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A workspace binary, built by `cargo build --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root (for manifests/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A `berth-apiserver` process on a data dir.
+pub struct ApiServer {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl ApiServer {
+    /// Starts a server on `data_dir` and a free loopback port.
+    pub fn start(data_dir: &Path) -> ApiServer {
+        ApiServer::start_with(data_dir, &[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> ApiServer {
+        let mut server = ApiServer {
+            child: None,
+            addr: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(binary("berth-apiserver"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.addr)
+            .args(&self.args)
+            .env("BERTH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth-apiserver");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("berth-apiserver listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("berth-apiserver did not start within {START_TIMEOUT:?} (exit: {status:?})");
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash or power loss would stop it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// Starts again on the same data dir and address.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn client(&self) -> BerthClient {
+        BerthClient::new(std::slice::from_ref(&self.addr)).unwrap()
+    }
+
+    /// Runs berthctl against this server.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        ctl(&self.addr, args, None)
+    }
+
+    /// Runs berthctl with `stdin` as its input.
+    pub fn ctl_stdin(&self, args: &[&str], stdin: &[u8]) -> CtlOutput {
+        ctl(&self.addr, args, Some(stdin))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a berthctl run printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Asserts success; returns stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        assert!(
+            self.success,
+            "berthctl failed:\n{}{}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+
+    /// Asserts failure; returns stderr.
+    #[track_caller]
+    pub fn fails(self) -> String {
+        assert!(
+            !self.success,
+            "berthctl should have failed:\n{}{}",
+            self.stdout, self.stderr
+        );
+        self.stderr
+    }
+}
+
+fn ctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> CtlOutput {
+    let mut command = Command::new(binary("berthctl"));
+    command
+        .args(args)
+        .env("BERTH_SERVER", server)
+        .env("BERTH_CONFIG", "/nonexistent/berth-config.yaml")
+        .env_remove("BERTH_NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output: Output = match stdin {
+        None => command.stdin(Stdio::null()).output().expect("run berthctl"),
+        Some(input) => {
+            command.stdin(Stdio::piped());
+            let mut child = command.spawn().expect("run berthctl");
+            let mut pipe = child.stdin.take().unwrap();
+            let input = input.to_vec();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&input);
+            });
+            let output = child.wait_with_output().expect("wait berthctl");
+            let _ = writer.join();
+            output
+        }
+    };
+    CtlOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every object of every kind, as YAML, plus the revision: two equal dumps
+/// mean an identical store.
+pub async fn dump(client: &BerthClient) -> String {
+    let mut out = String::new();
+    for kind in pb::Kind::ALL {
+        let list = client
+            .call(|mut c| async move {
+                c.list(pb::ListRequest {
+                    kind: kind as i32,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push_str(&format!(
+            "# {} at revision {}\n",
+            kind.plural(),
+            list.revision
+        ));
+        for object in list.objects {
+            out.push_str(&format!("{object:?}\n"));
+        }
+    }
+    out
+}
+
+/// A minimal valid job.
+pub fn job(namespace: &str, name: &str, replicas: u32) -> pb::Object {
+    pb::Object::from(pb::Job {
+        metadata: Some(pb::ObjectMeta {
+            name: name.into(),
+            namespace: namespace.into(),
+            ..Default::default()
+        }),
+        spec: Some(pb::JobSpec {
+            tier: pb::Tier::Batch as i32,
+            replicas,
+            template: Some(pb::TaskTemplate {
+                image: "berth-testapp:latest".into(),
+                resources: Some(pb::Resources {
+                    cpu_millis: 100,
+                    memory_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Applies `object`; returns the stored object.
+pub async fn apply(client: &BerthClient, object: pb::Object) -> Result<pb::Object, tonic::Status> {
+    let request = pb::ApplyRequest {
+        object: Some(object),
+        create_only: false,
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.apply(request).await }
+        })
+        .await
+        .map(|r| r.into_inner().object.unwrap_or_default())
+}
