@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_with_config(
             config,
-            &["berth/v1/objects.proto", "berth/internal/v1/storage.proto"],
+            &[
+                "berth/v1/objects.proto",
+                "berth/internal/v1/storage.proto",
+                "berth/internal/v1/raft.proto",
+            ],
             &["."],
         )?;
     Ok(())

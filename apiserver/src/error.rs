@@ -2,7 +2,10 @@
 
 use berth_proto::object::ObjectKey;
 use berth_proto::validate::ValidationErrors;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
+
+use berth_proto::connect::{LEADER_METADATA, RETRY_METADATA};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -30,11 +33,36 @@ pub enum ApiError {
         "revision {requested} is compacted (the oldest revision a watch can start from is {oldest}): list again and watch from the list's revision"
     )]
     Compacted { requested: u64, oldest: u64 },
-    /// The store failed; this replica refuses writes until restarted.
-    #[error("storage failed, this server refuses writes: {0}")]
+    /// This member is not the leader; `leader` is the leader's id and address
+    /// when known.
+    #[error("{}", not_leader_message(*.leader_id, .leader_address.as_deref()))]
+    NotLeader {
+        leader_id: u64,
+        leader_address: Option<String>,
+    },
+    /// Retry later (no quorum, leadership changing, timeouts).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The leader's answer to a forwarded request.
+    #[error("{message}")]
+    Remote { code: Code, message: String },
+    /// The store failed; this member refuses writes until restarted.
+    #[error("storage failed, this member refuses writes until restarted: {0}")]
     Storage(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+fn not_leader_message(leader_id: u64, address: Option<&str>) -> String {
+    match (leader_id, address) {
+        (0, _) => {
+            "no leader is elected right now (election in progress or no quorum); retry".into()
+        }
+        (id, Some(address)) => {
+            format!("this member is not the leader; the leader is member {id} at {address}")
+        }
+        (id, None) => format!("this member is not the leader; the leader is member {id}"),
+    }
 }
 
 impl ApiError {
@@ -47,14 +75,42 @@ impl ApiError {
             ApiError::QuotaExceeded(_) | ApiError::TooLarge(_) => Code::ResourceExhausted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Compacted { .. } => Code::OutOfRange,
-            ApiError::Storage(_) | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::NotLeader { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Storage(_)
+            | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Remote { code, .. } => *code,
         }
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if matches!(e, ApiError::NotLeader { .. } | ApiError::Unavailable(_)) {
+            status
+                .metadata_mut()
+                .insert(RETRY_METADATA, MetadataValue::from_static("1"));
+        }
+        if let ApiError::NotLeader {
+            leader_address: Some(address),
+            ..
+        } = &e
+            && let Ok(value) = MetadataValue::try_from(address.as_str())
+        {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        status
+    }
+}
+
+impl From<Status> for ApiError {
+    /// A status from another member, passed on as it is.
+    fn from(status: Status) -> ApiError {
+        ApiError::Remote {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
     }
 }
 

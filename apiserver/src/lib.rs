@@ -3,7 +3,8 @@
 //! Where to start reading:
 //!
 //! - [`service`]: the gRPC handlers — check a request, then write or read.
-//! - [`sequencer`]: the write path — group commit, fsync before acknowledge.
+//! - [`replication`]: the raft log — the Ready loop, the log store on sled,
+//!   the transport between members; group commit, fsync before acknowledge.
 //! - [`state_machine`]: what each command does to the objects, deterministically.
 //! - [`watch`]: change streams from any revision, from memory or disk.
 //! - [`storage`]: the sled layout; the only module that knows sled.
@@ -12,7 +13,7 @@
 
 pub mod config;
 pub mod error;
-pub mod sequencer;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -1,88 +1,144 @@
-//! Wiring: open the store, start the writer, serve gRPC, stop cleanly.
+//! Wiring: check the data dir, open the store, start replication, serve
+//! gRPC, stop cleanly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use berth_proto::connect;
-use berth_proto::internal::{ApplyOp, Command, command::Op};
-use berth_proto::pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::sequencer::{self, Proposer, Settings};
+use crate::replication::{self, Replica, Settings, transport::RaftService};
 use crate::service::ApiService;
-use crate::state_machine::{DEFAULT_NAMESPACE, StateMachine};
+use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::watch::WatchHub;
 
-/// A running apiserver.
+/// A running apiserver member.
 pub struct ApiServer {
     local_addr: SocketAddr,
+    replica: Replica,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    writer: JoinHandle<()>,
+    raft: JoinHandle<()>,
 }
 
 impl ApiServer {
-    /// Opens the store in `config.data_dir`, binds `config.listen` and serves.
+    /// Opens the store in `config.data_dir` (bootstrapping a new member on an
+    /// empty one), binds `config.listen` and serves.
     pub async fn start(config: Config) -> anyhow::Result<ApiServer> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        if !config.data_dir.is_dir() {
+            bail!(
+                "the data dir {} does not exist: create it to start a new member; if this member had \
+                 state, its disk is missing, and it must not rejoin as an empty member (remove it with \
+                 `berthctl cluster remove-member` and add it back)",
+                config.data_dir.display()
+            );
+        }
+        if config.member_id == 0 {
+            bail!("--member-id must be a positive number");
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        if local_addr.ip().is_unspecified() && config.advertise.is_none() {
+            bail!(
+                "listening on {local_addr}: give --advertise HOST:PORT, the address other members reach this one at"
+            );
+        }
+
+        let fresh = !Storage::exists(&config.data_dir);
         let storage = Storage::open(&config.data_dir)?;
-        let (machine, compacted) = StateMachine::open(storage.clone())?;
+        if fresh && !config.join {
+            let members = config
+                .initial_cluster
+                .clone()
+                .unwrap_or_else(|| [(config.member_id, advertise.clone())].into());
+            if !members.contains_key(&config.member_id) {
+                bail!("member {} is not in --initial-cluster", config.member_id);
+            }
+            replication::bootstrap(&storage, &members)?;
+            tracing::info!(
+                member = config.member_id,
+                ?members,
+                "new cluster bootstrapped"
+            );
+        } else if !fresh && config.initial_cluster.is_some() {
+            tracing::info!("the data dir holds state; --initial-cluster is ignored");
+        }
+
+        let loaded = storage.load()?;
+        let log = storage.load_log()?;
+        let compacted = loaded.compacted;
+        let machine = StateMachine::new(loaded, log.conf_state.clone());
         tracing::info!(
             data_dir = %config.data_dir.display(),
+            member = config.member_id,
+            applied = machine.applied(),
             revision = machine.revision(),
             objects = machine.snapshot().objects.len(),
             "store loaded"
         );
         let hub = Arc::new(WatchHub::new(
-            storage,
+            storage.clone(),
             machine.snapshot(),
             compacted,
             config.history_cache,
         ));
-        let (proposer, writer) = sequencer::spawn(
-            machine,
-            hub.clone(),
-            Settings {
-                max_batch: config.max_batch.max(1),
-                history_retention: config.history_retention.max(1),
-            },
-        )?;
-        ensure_default_namespace(&proposer).await?;
+        let tick = config.heartbeat_interval / 2;
+        let ticks = |d: std::time::Duration| (d.as_millis() / tick.as_millis().max(1)) as usize;
+        let settings = Settings {
+            member_id: config.member_id,
+            advertise: advertise.clone(),
+            tick,
+            heartbeat_ticks: 2,
+            election_ticks: ticks(config.election_timeout).max(3),
+            snapshot_threshold: config.snapshot_threshold.max(2),
+            proposal_timeout: config.proposal_timeout,
+            history_retention: config.history_retention.max(1),
+            fault_injection: config.fault_injection,
+        };
+        let (replica, raft) = replication::start(settings, storage, log, machine, hub.clone())?;
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let service = ApiService {
-            proposer,
+            replica: replica.clone(),
             hub,
             shutdown: shutdown_rx.clone(),
             bookmark_every: config.bookmark_interval,
+            proposal_timeout: config.proposal_timeout,
         };
         let mut stop = shutdown_rx;
         let serving = tokio::spawn(
             connect::server()
                 .add_service(connect::objects_service(service.clone()))
                 .add_service(connect::cluster_service(service))
+                .add_service(
+                    RaftService {
+                        replica: replica.clone(),
+                    }
+                    .into_server(),
+                )
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );
-        tracing::info!(%local_addr, "serving");
+        tracing::info!(%local_addr, %advertise, "serving");
         Ok(ApiServer {
             local_addr,
+            replica,
             shutdown,
             serving,
-            writer,
+            raft,
         })
     }
 
@@ -90,41 +146,14 @@ impl ApiServer {
         self.local_addr
     }
 
-    /// Stops accepting requests, ends watch streams, answers the writes
-    /// already queued and waits for the writer to finish.
+    /// Stops accepting requests, ends watch streams, stops the raft loop.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.serving.await??;
-        // The service (and with it the last proposer) is gone once serving
-        // ends, so the writer drains its queue and exits.
-        tokio::task::spawn_blocking(move || self.writer.join())
+        self.replica.shutdown();
+        tokio::task::spawn_blocking(move || self.raft.join())
             .await?
-            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+            .map_err(|_| anyhow::anyhow!("the raft thread panicked"))?;
         Ok(())
-    }
-}
-
-/// Every cluster has a `default` namespace from its first revision on.
-async fn ensure_default_namespace(proposer: &Proposer) -> anyhow::Result<()> {
-    let namespace = pb::Object::from(pb::Namespace {
-        metadata: Some(pb::ObjectMeta {
-            name: DEFAULT_NAMESPACE.into(),
-            ..Default::default()
-        }),
-        spec: Some(pb::NamespaceSpec::default()),
-    });
-    let command = Command {
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-        op: Some(Op::Apply(ApplyOp {
-            object: Some(namespace),
-            create_only: true,
-            new_uid: uuid::Uuid::new_v4().to_string(),
-        })),
-    };
-    match proposer.propose(command).await {
-        Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e).context("cannot create the default namespace"),
     }
 }

@@ -1,17 +1,20 @@
-//! The gRPC services: request checks, then the write path or a snapshot read.
+//! The gRPC services: request checks, then replication or a snapshot read.
 //!
-//! Writes are checked in full before they are sequenced (size, defaults,
-//! field rules), so that a bad request never takes a revision; rules that
-//! depend on other objects are the state machine's. Reads are served from the
-//! newest durable snapshot.
+//! Writes are checked in full before they are proposed (size, defaults, field
+//! rules), so that a bad request never reaches the log; rules that depend on
+//! other objects are the state machine's. Any member takes writes: a follower
+//! forwards them to the leader. Reads are linearizable — confirmed current
+//! with raft's ReadIndex — unless the request asks for a stale read.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_proto::defaults;
 use berth_proto::internal::{ApplyOp, Command, DeleteOp, UpdateStatusOp, command::Op};
 use berth_proto::object::ObjectKey;
-use berth_proto::pb::{self, cluster_server::Cluster, objects_server::Objects};
+use berth_proto::pb::{
+    self, cluster_client::ClusterClient, cluster_server::Cluster, objects_server::Objects,
+};
 use berth_proto::selector::Selector;
 use berth_proto::validate::{self, MAX_OBJECT_BYTES};
 use prost::Message;
@@ -20,29 +23,52 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::sequencer::Proposer;
+use crate::replication::{MemberChange, Replica};
 use crate::state_machine::{Applied, Outcome};
 use crate::watch::{Filter, WatchHub, run_watcher};
 
 /// Events buffered per watch stream before the watcher waits for its client.
 const WATCH_BUFFER: usize = 1024;
+/// Metadata marking a request one member forwarded to another.
+const FORWARDED: &str = "berth-forwarded";
+/// How long a new member may take to catch up before it becomes a voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct ApiService {
-    pub proposer: Proposer,
+    pub replica: Replica,
     pub hub: Arc<WatchHub>,
     pub shutdown: watch::Receiver<bool>,
     pub bookmark_every: Duration,
+    pub proposal_timeout: Duration,
 }
 
 impl ApiService {
     async fn write(&self, op: Op) -> Result<Applied, ApiError> {
-        self.proposer
-            .propose(Command {
-                time_ms: now_ms(),
-                op: Some(op),
-            })
-            .await
+        let command = Command {
+            time_ms: now_ms(),
+            op: Some(op),
+        };
+        match tokio::time::timeout(self.proposal_timeout, self.replica.propose(command)).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the write was not confirmed within {:?}; its outcome is unknown",
+                self.proposal_timeout
+            ))),
+        }
+    }
+
+    /// Makes the following read linearizable, unless `stale` is asked for.
+    async fn before_read(&self, stale: bool) -> Result<(), ApiError> {
+        if stale {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.proposal_timeout, self.replica.read_barrier()).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Unavailable(
+                "this member could not confirm it is current (no quorum reachable?); retry, or ask for a stale read".into(),
+            )),
+        }
     }
 }
 
@@ -158,8 +184,10 @@ impl Objects for ApiService {
             kind,
             namespace,
             name,
+            stale,
         } = request.into_inner();
         let key = key_of(kind, namespace, name)?;
+        self.before_read(stale).await?;
         let snapshot = self.hub.snapshot();
         match snapshot.get(&key) {
             Some(object) => Ok(Response::new((**object).clone())),
@@ -175,10 +203,12 @@ impl Objects for ApiService {
             kind,
             namespace,
             label_selector,
+            stale,
         } = request.into_inner();
         let kind = kind_of(kind)?;
         let namespace = namespace_filter(kind, namespace)?;
         let selector = selector_of(&label_selector)?;
+        self.before_read(stale).await?;
         let snapshot = self.hub.snapshot();
         let objects = snapshot
             .list(kind, namespace.as_deref(), &selector)
@@ -247,6 +277,11 @@ impl Objects for ApiService {
                 .map_err(|_| ApiError::ShuttingDown)?;
             now
         } else {
+            if from_revision > self.hub.snapshot().revision {
+                // The client may have listed on a member that is further
+                // ahead: catch up before judging.
+                self.before_read(false).await?;
+            }
             let current = self.hub.snapshot().revision;
             if from_revision > current {
                 return Err(ApiError::InvalidArgument(format!(
@@ -270,19 +305,218 @@ impl Objects for ApiService {
     }
 }
 
+impl ApiService {
+    /// The members as this member knows them, and the leader.
+    fn members(&self, leader_id: u64) -> pb::MembersResponse {
+        pb::MembersResponse {
+            members: self.hub.snapshot().membership.members(),
+            leader_id,
+        }
+    }
+
+    /// A client of the leader's Cluster service when this member does not
+    /// lead (`None` when it does). A request that was already forwarded once
+    /// is not forwarded again: the caller gets the leader hint instead.
+    async fn leader_client(
+        &self,
+        request_forwarded: bool,
+    ) -> Result<Option<ClusterClient<tonic::transport::Channel>>, ApiError> {
+        let status = self.replica.status().await?;
+        if status.role == "leader" {
+            return Ok(None);
+        }
+        let address = self
+            .hub
+            .snapshot()
+            .membership
+            .address(status.leader_id)
+            .map(str::to_string);
+        let error = ApiError::NotLeader {
+            leader_id: status.leader_id,
+            leader_address: address.clone(),
+        };
+        match address {
+            Some(address) if status.leader_id != 0 && !request_forwarded => {
+                let endpoint = berth_proto::connect::endpoint(&address)
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                Ok(Some(ClusterClient::new(endpoint.connect_lazy())))
+            }
+            _ => Err(error),
+        }
+    }
+}
+
+/// Marks a request as forwarded.
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
 #[tonic::async_trait]
 impl Cluster for ApiService {
     async fn status(
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let node = self.replica.status().await?;
         let snapshot = self.hub.snapshot();
+        let shelf = self.replica.shelf();
         Ok(Response::new(pb::ClusterStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             revision: snapshot.revision,
             compacted_revision: self.hub.compacted(),
             object_count: snapshot.objects.len() as u64,
+            member_id: node.member_id,
+            leader_id: node.leader_id,
+            term: node.term,
+            commit_index: node.commit,
+            applied_index: node.applied,
+            role: node.role.to_string(),
+            first_log_index: node.first_index,
+            last_log_index: node.last_index,
+            snapshots_installed: shelf.installed(),
+            snapshots_sent: shelf.sent(),
+            progress: node.progress,
+            members: snapshot.membership.members(),
         }))
+    }
+
+    async fn members(
+        &self,
+        _: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        self.before_read(false).await?;
+        let status = self.replica.status().await?;
+        Ok(Response::new(self.members(status.leader_id)))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        if let Some(mut leader) = self.leader_client(is_forwarded(&request)).await? {
+            return leader.add_member(forwarded(request.into_inner())).await;
+        }
+        let pb::AddMemberRequest {
+            id,
+            address,
+            replace_id,
+        } = request.into_inner();
+        if id == 0 {
+            return Err(ApiError::InvalidArgument("id: must be a positive number".into()).into());
+        }
+        berth_proto::connect::endpoint(&address)
+            .map_err(|e| ApiError::InvalidArgument(format!("address: {e}")))?;
+        let membership = self.hub.snapshot().membership.clone();
+        let existing = membership.members().into_iter().find(|m| m.id == id);
+        if existing.as_ref().is_some_and(|m| m.voter) {
+            return Err(
+                ApiError::FailedPrecondition(format!("member {id} is already a voter")).into(),
+            );
+        }
+        if replace_id != 0
+            && !membership
+                .members()
+                .iter()
+                .any(|m| m.id == replace_id && m.voter)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "member {replace_id} is not a voter to replace"
+            ))
+            .into());
+        }
+        if existing.is_none() {
+            self.replica
+                .change_members(MemberChange::AddLearner { id, address })
+                .await?;
+        }
+        // A voter that cannot keep up would cost the cluster its quorum: the
+        // new member stays a learner until it has caught up.
+        let target = self.replica.status().await?.commit;
+        let started = Instant::now();
+        loop {
+            let status = self.replica.status().await?;
+            if status.role != "leader" {
+                return Err(ApiError::Unavailable(
+                    "leadership changed while adding the member; retry".into(),
+                )
+                .into());
+            }
+            let matched = status
+                .progress
+                .iter()
+                .find(|p| p.id == id)
+                .map_or(0, |p| p.matched);
+            if matched >= target {
+                break;
+            }
+            if started.elapsed() > CATCH_UP_TIMEOUT {
+                return Err(Status::deadline_exceeded(format!(
+                    "member {id} has replicated {matched} of {target} log entries after {CATCH_UP_TIMEOUT:?}; \
+                     it stays a learner — is it running with --join at its address?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let replace = (replace_id != 0).then_some(replace_id);
+        self.replica
+            .change_members(MemberChange::Promote { id, replace })
+            .await?;
+        // Replacing a voter enters a joint configuration, which raft leaves
+        // by itself with the next entry: answer once it has.
+        let started = Instant::now();
+        while !self
+            .hub
+            .snapshot()
+            .membership
+            .conf_state
+            .voters_outgoing
+            .is_empty()
+        {
+            if started.elapsed() > self.proposal_timeout {
+                return Err(ApiError::Unavailable(
+                    "the membership change is still in its joint phase; check `berthctl cluster members`".into(),
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = self.replica.status().await?;
+        Ok(Response::new(self.members(status.leader_id)))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        if let Some(mut leader) = self.leader_client(is_forwarded(&request)).await? {
+            return leader.remove_member(forwarded(request.into_inner())).await;
+        }
+        let id = request.into_inner().id;
+        if !self
+            .hub
+            .snapshot()
+            .membership
+            .members()
+            .iter()
+            .any(|m| m.id == id)
+        {
+            return Err(
+                ApiError::FailedPrecondition(format!("member {id} is not a member")).into(),
+            );
+        }
+        self.replica
+            .change_members(MemberChange::Remove { id })
+            .await?;
+        let status = self.replica.status().await?;
+        Ok(Response::new(self.members(status.leader_id)))
     }
 }
 

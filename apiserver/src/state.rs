@@ -1,25 +1,100 @@
-//! The objects as of one revision, in memory, for reads.
+//! The objects as of one log index, in memory, for reads.
 //!
 //! A [`Snapshot`] is an immutable, cheaply cloned view (a persistent ordered
 //! map: a clone shares structure with the original). The state machine owns
-//! the newest map and publishes a clone after each durable batch, so readers
-//! never take a lock across a scan, never see a write that is not yet on disk,
-//! and a List is a consistent cut at exactly one revision.
+//! the newest map and publishes a clone after each batch of committed entries,
+//! so readers never take a lock across a scan, never see a write that is not
+//! committed, and a List is a consistent cut at exactly one revision. The same
+//! view is what a leader streams to a follower that needs a snapshot.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
+use berth_proto::internal::Members;
 use berth_proto::object::ObjectKey;
 use berth_proto::pb;
 use berth_proto::selector::Selector;
+use raft::eraftpb::ConfState;
 
 pub type ObjectMap = imbl::OrdMap<ObjectKey, Arc<pb::Object>>;
 
 #[derive(Clone, Default)]
 pub struct Snapshot {
-    /// The revision of the last write this snapshot contains.
+    /// The log index of the last change this view contains.
     pub revision: u64,
+    /// The last log index applied (changes or not).
+    pub applied: u64,
     pub objects: ObjectMap,
+    pub membership: Arc<Membership>,
+}
+
+/// Who the replicas are, as of the applied index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Membership {
+    /// Voters and learners, as raft tracks them.
+    pub conf_state: ConfState,
+    /// Where each member serves.
+    pub addresses: BTreeMap<u64, String>,
+}
+
+impl Membership {
+    pub fn address(&self, id: u64) -> Option<&str> {
+        self.addresses.get(&id).map(String::as_str)
+    }
+
+    fn is_voter(&self, id: u64) -> bool {
+        self.conf_state.voters.contains(&id) || self.conf_state.voters_outgoing.contains(&id)
+    }
+
+    /// Every member (voters, then learners), for the API.
+    pub fn members(&self) -> Vec<pb::Member> {
+        let cs = &self.conf_state;
+        let mut ids: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| pb::Member {
+                id,
+                address: self.addresses.get(&id).cloned().unwrap_or_default(),
+                voter: self.is_voter(id),
+            })
+            .collect()
+    }
+
+    /// The addresses in their stored form.
+    pub fn to_record(&self) -> Members {
+        Members {
+            members: self
+                .addresses
+                .iter()
+                .map(|(id, address)| pb::Member {
+                    id: *id,
+                    address: address.clone(),
+                    voter: self.is_voter(*id),
+                })
+                .collect(),
+        }
+    }
+
+    /// Builds a membership from stored addresses and raft's conf state.
+    pub fn from_record(record: &Members, conf_state: ConfState) -> Membership {
+        Membership {
+            conf_state,
+            addresses: record
+                .members
+                .iter()
+                .map(|m| (m.id, m.address.clone()))
+                .collect(),
+        }
+    }
 }
 
 impl Snapshot {

@@ -7,10 +7,10 @@
 //! state (stale resource_version, quota, missing namespace) is rejected here,
 //! at apply time, because only here is the state it is checked against final.
 //!
-//! A rejected or no-op command changes nothing. A command that changes
-//! something adds its objects, a history record (for watches) and the new
-//! revision to the pending storage batch; [`StateMachine::persist`] writes
-//! the batch of a whole group of commands atomically and makes it durable.
+//! A rejected or no-op command changes nothing but the applied index. A
+//! command that changes something adds its objects, a history record (for
+//! watches) and the new revision to the caller's storage batch; the raft
+//! driver writes the batch of a whole group of entries at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use berth_proto::pb::{self, object::Kind as Body};
 use berth_proto::quantity::{format_cpu, format_memory};
 
 use crate::error::ApiError;
-use crate::state::{self, ObjectMap, Snapshot};
-use crate::storage::{Storage, StorageError, WriteBatch};
+use crate::state::{self, Membership, ObjectMap, Snapshot};
+use crate::storage::{Loaded, WriteBatch};
+use raft::eraftpb::ConfState;
 
 /// The namespace every cluster has, which cannot be deleted.
 pub const DEFAULT_NAMESPACE: &str = berth_proto::defaults::DEFAULT_NAMESPACE;
@@ -50,11 +51,12 @@ pub struct Applied {
 }
 
 pub struct StateMachine {
-    storage: Storage,
     objects: ObjectMap,
+    /// The log index of the last change.
     revision: u64,
-    /// Writes of the commands applied since the last [`StateMachine::persist`].
-    pending: WriteBatch,
+    /// The last log index applied, whether it changed anything or not.
+    applied: u64,
+    membership: Arc<Membership>,
 }
 
 /// What a command will change, computed before anything is written.
@@ -67,22 +69,19 @@ struct Plan {
 }
 
 impl StateMachine {
-    /// Loads the state from storage. Returns the machine and the compacted
-    /// history revision.
-    pub fn open(storage: Storage) -> Result<(StateMachine, u64), StorageError> {
-        let loaded = storage.load()?;
-        let objects = loaded
-            .objects
-            .into_iter()
-            .map(|o| (o.key(), Arc::new(o)))
-            .collect();
-        let machine = StateMachine {
-            storage,
-            objects,
+    /// The state machine as storage holds it; `conf_state` is raft's, as of
+    /// the applied index.
+    pub fn new(loaded: Loaded, conf_state: ConfState) -> StateMachine {
+        StateMachine {
+            objects: loaded
+                .objects
+                .into_iter()
+                .map(|o| (o.key(), Arc::new(o)))
+                .collect(),
             revision: loaded.revision,
-            pending: WriteBatch::new(),
-        };
-        Ok((machine, loaded.compacted))
+            applied: loaded.applied,
+            membership: Arc::new(Membership::from_record(&loaded.members, conf_state)),
+        }
     }
 
     /// The revision of the last applied change.
@@ -90,39 +89,39 @@ impl StateMachine {
         self.revision
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// The last applied log index.
+    pub fn applied(&self) -> u64 {
+        self.applied
     }
 
-    /// Writes what the commands applied since the last call changed, in one
-    /// atomic batch, and makes it durable.
-    pub fn persist(&mut self) -> Result<(), StorageError> {
-        let batch = std::mem::take(&mut self.pending);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.storage.write(batch)?;
-        self.storage.flush()
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
-    /// A view of the current objects (including writes not yet persisted:
-    /// only publish it once they are durable).
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.objects.contains_key(key)
+    }
+
+    /// A view of the current objects.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             revision: self.revision,
+            applied: self.applied,
             objects: self.objects.clone(),
+            membership: self.membership.clone(),
         }
     }
 
-    /// Applies `command` as the write at `index`, which must be above the
-    /// current revision.
-    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApiError> {
-        if index <= self.revision {
-            return Err(ApiError::Storage(format!(
-                "index {index} is not after the applied revision {}",
-                self.revision
-            )));
-        }
+    /// Applies `command`, the entry at `index`, adding its writes to `batch`.
+    /// The index counts as applied whatever the outcome: a rejected command
+    /// is a deterministic no-op on every replica.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        command: &Command,
+        batch: &mut WriteBatch,
+    ) -> Result<Applied, ApiError> {
+        self.advance(index, batch);
         let plan = match &command.op {
             None => return Err(ApiError::InvalidArgument("empty command".into())),
             Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
@@ -142,14 +141,14 @@ impl StateMachine {
             changes: plan.changes,
         };
         for key in plan.deletes {
-            self.pending.delete_object(&key);
+            batch.delete_object(&key);
             self.objects.remove(&key);
         }
         for object in plan.puts {
-            self.pending.put_object(&object);
+            batch.put_object(&object);
             self.objects.insert(object.key(), object);
         }
-        self.pending.put_revision(&record);
+        batch.put_revision(&record);
         self.revision = index;
         Ok(Applied {
             outcome: plan.outcome,
@@ -157,6 +156,69 @@ impl StateMachine {
             revision: index,
             record: Some(Arc::new(record)),
         })
+    }
+
+    /// Decides `command` against the current state without applying it:
+    /// `Err` with the error it would meet, `Ok(Some(_))` with the answer when
+    /// it would change nothing, `Ok(None)` when it has to go through the log.
+    /// The caller must know the state is current (a confirmed leader's).
+    pub fn check(&self, command: &Command) -> Result<Option<Applied>, ApiError> {
+        let index = self.applied + 1;
+        let plan = match &command.op {
+            None => return Err(ApiError::InvalidArgument("empty command".into())),
+            Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
+            Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
+            Some(Op::Delete(op)) => self.plan_delete(index, op)?,
+        };
+        Ok((plan.outcome == Outcome::Unchanged).then_some(Applied {
+            outcome: Outcome::Unchanged,
+            object: plan.subject,
+            revision: self.revision,
+            record: None,
+        }))
+    }
+
+    /// Applies an entry that carries no command (a new leader's empty entry).
+    pub fn skip(&mut self, index: u64, batch: &mut WriteBatch) {
+        self.advance(index, batch);
+    }
+
+    /// Applies a membership change at `index`.
+    pub fn set_membership(&mut self, index: u64, membership: Membership, batch: &mut WriteBatch) {
+        self.advance(index, batch);
+        batch.put_members(&membership.to_record());
+        self.membership = Arc::new(membership);
+    }
+
+    /// Replaces everything with a leader's snapshot taken at `index`. The
+    /// caller has already cleared the old state from storage in `batch`.
+    pub fn install(
+        &mut self,
+        index: u64,
+        revision: u64,
+        objects: Vec<pb::Object>,
+        membership: Membership,
+        batch: &mut WriteBatch,
+    ) {
+        self.objects = ObjectMap::new();
+        for object in objects {
+            batch.put_object(&object);
+            self.objects.insert(object.key(), Arc::new(object));
+        }
+        self.revision = revision;
+        self.applied = index;
+        batch.put_revision_number(revision);
+        batch.put_applied(index);
+        // The history before the snapshot is not part of it.
+        batch.put_compacted(revision);
+        batch.put_members(&membership.to_record());
+        self.membership = Arc::new(membership);
+    }
+
+    fn advance(&mut self, index: u64, batch: &mut WriteBatch) {
+        debug_assert!(index > self.applied, "index {index} applied twice");
+        self.applied = index;
+        batch.put_applied(index);
     }
 
     fn plan_apply(&self, index: u64, time_ms: i64, op: &ApplyOp) -> Result<Plan, ApiError> {
@@ -590,37 +652,44 @@ fn task_job(object: &pb::Object) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Storage;
     use berth_proto::defaults;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        storage: Storage,
         machine: StateMachine,
     }
 
+    fn open(storage: Storage) -> Fixture {
+        let machine = StateMachine::new(storage.load().unwrap(), ConfState::default());
+        Fixture { storage, machine }
+    }
+
     impl Fixture {
-        fn new() -> Fixture {
-            let dir = tempfile::tempdir().unwrap();
-            let storage = Storage::open(dir.path()).unwrap();
-            let (machine, _) = StateMachine::open(storage).unwrap();
-            let mut f = Fixture { _dir: dir, machine };
+        fn new(dir: &tempfile::TempDir) -> Fixture {
+            let mut f = open(Storage::open(dir.path()).unwrap());
             f.apply(namespace("default", None)).unwrap();
             f
         }
 
         fn next(&mut self, op: Op) -> Result<Applied, ApiError> {
-            let index = self.machine.revision() + 1;
-            self.machine.apply(
+            let index = self.machine.applied() + 1;
+            let mut batch = WriteBatch::new();
+            let result = self.machine.apply(
                 index,
                 &Command {
                     time_ms: 1_000 * index as i64,
                     op: Some(op),
                 },
-            )
+                &mut batch,
+            );
+            self.storage.write(batch).unwrap();
+            result
         }
 
         fn apply(&mut self, mut object: pb::Object) -> Result<Applied, ApiError> {
             defaults::apply(&mut object);
-            let uid = format!("uid-{}", self.machine.revision() + 1);
+            let uid = format!("uid-{}", self.machine.applied() + 1);
             self.next(Op::Apply(ApplyOp {
                 object: Some(object),
                 create_only: false,
@@ -713,7 +782,8 @@ mod tests {
 
     #[test]
     fn create_update_unchanged() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         let created = f.apply(job("web", "default", 2, 100)).unwrap();
         assert_eq!(created.outcome, Outcome::Created);
         let meta = created.object.metadata().unwrap().clone();
@@ -723,14 +793,15 @@ mod tests {
 
         let same = f.apply(job("web", "default", 2, 100)).unwrap();
         assert_eq!(same.outcome, Outcome::Unchanged);
-        assert_eq!(f.machine.revision(), 2, "a no-op write takes no revision");
+        assert_eq!(f.machine.revision(), 2, "a no-op write changes no revision");
+        assert_eq!(f.machine.applied(), 3, "but its log index is applied");
 
         let updated = f.apply(job("web", "default", 3, 100)).unwrap();
         assert_eq!(updated.outcome, Outcome::Updated);
         let meta = updated.object.metadata().unwrap();
         assert_eq!(
             (meta.generation, meta.resource_version, meta.uid.as_str()),
-            (2, 3, "uid-2")
+            (2, 4, "uid-2")
         );
         let record = updated.record.unwrap();
         assert_eq!(
@@ -742,7 +813,8 @@ mod tests {
 
     #[test]
     fn stale_resource_version_is_aborted() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         f.apply(job("web", "default", 1, 100)).unwrap();
         f.apply(job("web", "default", 2, 100)).unwrap();
         let mut stale = job("web", "default", 5, 100);
@@ -757,7 +829,8 @@ mod tests {
 
     #[test]
     fn objects_need_their_namespace() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         let err = f.apply(job("web", "team-a", 1, 100)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert_eq!(
@@ -769,7 +842,8 @@ mod tests {
 
     #[test]
     fn quota_is_enforced_per_tier() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         f.apply(namespace("team-a", Some(1000))).unwrap();
         f.apply(job("a", "team-a", 2, 300)).unwrap();
         let err = f.apply(job("b", "team-a", 2, 300)).unwrap_err();
@@ -788,7 +862,8 @@ mod tests {
 
     #[test]
     fn deleting_a_job_deletes_its_tasks() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         f.apply(job("web", "default", 2, 100)).unwrap();
         f.apply(job("db", "default", 1, 100)).unwrap();
         f.apply(task("web-0", "web")).unwrap();
@@ -803,7 +878,8 @@ mod tests {
 
     #[test]
     fn deleting_a_namespace_deletes_its_contents() {
-        let mut f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
         f.apply(namespace("team-a", None)).unwrap();
         f.apply(job("a", "team-a", 1, 100)).unwrap();
         f.apply(job("b", "default", 1, 100)).unwrap();
@@ -817,21 +893,19 @@ mod tests {
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let (machine, _) = StateMachine::open(Storage::open(dir.path()).unwrap()).unwrap();
-            let mut f = Fixture {
-                _dir: tempfile::tempdir().unwrap(),
-                machine,
-            };
-            f.apply(namespace("default", None)).unwrap();
+            let mut f = Fixture::new(&dir);
             f.apply(job("web", "default", 2, 100)).unwrap();
             f.delete(pb::Kind::Job, "default", "web").unwrap();
             f.apply(job("api", "default", 2, 100)).unwrap();
-            f.machine.persist().unwrap();
+            f.storage.flush().unwrap();
             f.machine.snapshot()
         };
-        let (machine, _) = StateMachine::open(crate::storage::tests::reopen(dir.path())).unwrap();
-        let after = machine.snapshot();
-        assert_eq!(after.revision, before.revision);
+        let f = open(crate::storage::tests::reopen(dir.path()));
+        let after = f.machine.snapshot();
+        assert_eq!(
+            (after.revision, after.applied),
+            (before.revision, before.applied)
+        );
         assert_eq!(after.objects, before.objects);
     }
 }

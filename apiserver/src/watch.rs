@@ -81,6 +81,28 @@ impl WatchHub {
         self.snapshot.send_replace(Arc::new(snapshot));
     }
 
+    /// Replaces everything after a snapshot was installed: the history before
+    /// it is gone, so watchers behind `compacted` must list again.
+    pub fn reset(&self, snapshot: Snapshot, compacted: u64) {
+        {
+            let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+            recent.records.clear();
+            recent.floor = snapshot.revision;
+        }
+        self.compacted.fetch_max(compacted, Ordering::AcqRel);
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// Waits until the published state has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<Arc<Snapshot>, ApiError> {
+        let mut snapshots = self.subscribe();
+        let snapshot = snapshots
+            .wait_for(|s| s.applied >= index)
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        Ok(snapshot.clone())
+    }
+
     /// Announces that history up to `upto` is about to be deleted from disk.
     pub fn begin_compaction(&self, upto: u64) {
         self.compacted.fetch_max(upto, Ordering::AcqRel);

@@ -26,6 +26,11 @@ pub struct Cli {
     #[arg(short = 'n', long, global = true, env = "BERTH_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Read from the member contacted without confirming with a quorum that
+    /// it is current: faster, possibly behind. Reads are linearizable otherwise.
+    #[arg(long, global = true)]
+    pub stale: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,6 +47,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
+    /// Inspect and change the apiserver's members.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completion {
         #[arg(value_enum)]
@@ -105,13 +113,38 @@ pub struct DeleteArgs {
     pub ignore_not_found: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every member's role, term, commit and applied index, and health.
+    Status,
+    /// The members: voters and learners, and which one leads.
+    Members,
+    /// Add a member: it joins as a learner, catches up, then becomes a voter.
+    /// Start it with `berth-apiserver --join --member-id ID` on an empty data dir.
+    AddMember {
+        /// The new member's id (a positive number not in use).
+        id: u64,
+        /// Where it serves: HOST:PORT.
+        address: String,
+        /// Remove this voter in the same step (joint consensus).
+        #[arg(long)]
+        replace: Option<u64>,
+    },
+    /// Remove a member (a leader hands over leadership first).
+    RemoveMember { id: u64 },
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// Number of apiserver replicas.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u64,
+
     /// Where the cluster keeps its state, reused across runs [default: ~/.berth/cluster].
     #[arg(long, env = "BERTH_UP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Address of the API server.
+    /// Address of the first replica; replica N listens 10·(N-1) ports higher.
     #[arg(long, default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub listen: SocketAddr,
 }

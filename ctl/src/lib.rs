@@ -39,6 +39,8 @@ pub struct Context {
     pub client: BerthClient,
     pub servers: String,
     pub namespace: Option<String>,
+    /// Reads may be served stale.
+    pub stale: bool,
 }
 
 impl Context {
@@ -77,6 +79,7 @@ impl Context {
             kind: kind as i32,
             namespace: namespace.unwrap_or_default(),
             label_selector: selector.to_string(),
+            stale: self.stale,
         };
         let response = self
             .client
@@ -100,6 +103,7 @@ impl Context {
             kind: kind as i32,
             namespace,
             name: name.to_string(),
+            stale: self.stale,
         };
         self.client
             .call(|mut c| {
@@ -141,12 +145,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 client: BerthClient::from_list(&servers)?,
                 servers,
                 namespace: cli.namespace,
+                stale: cli.stale,
             };
             match command {
                 Command::Apply(args) => commands::apply::run(&context, args).await,
                 Command::Get(args) => commands::get::run(&context, args).await,
                 Command::Describe(args) => commands::describe::run(&context, args).await,
                 Command::Delete(args) => commands::delete::run(&context, args).await,
+                Command::Cluster(command) => commands::cluster::run(&context, command).await,
                 Command::Up(_) | Command::Completion { .. } => Ok(()),
             }
         }

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
@@ -97,12 +97,29 @@ pub fn cluster_service<S: Cluster>(service: S) -> ClusterServer<S> {
     ClusterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
+/// Metadata a server puts on an UNAVAILABLE answer that is worth retrying
+/// (an election is running, leadership is moving), as opposed to a server
+/// that cannot be reached at all.
+pub const RETRY_METADATA: &str = "berth-retry";
+/// Metadata naming the leader's address when a member could not forward.
+pub const LEADER_METADATA: &str = "berth-leader";
+
+/// How long a client keeps retrying while the cluster elects a leader.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
+
 /// A client of a Berth cluster that fails over between its servers.
+///
+/// Each call goes first to the server that answered last. A server that
+/// cannot be reached is skipped; a server that answers UNAVAILABLE with a
+/// leader hint sends the call to the leader; while some server says an
+/// election is running, the client keeps trying (with a growing pause) for
+/// up to its retry budget.
 #[derive(Debug)]
 pub struct BerthClient {
     servers: Vec<(String, Channel)>,
     /// Index of the server to try first: the last one that answered.
     current: AtomicUsize,
+    retry_for: Duration,
 }
 
 impl BerthClient {
@@ -118,12 +135,19 @@ impl BerthClient {
         Ok(BerthClient {
             servers,
             current: AtomicUsize::new(0),
+            retry_for: DEFAULT_RETRY_FOR,
         })
     }
 
     /// Builds a client from a comma-separated list.
     pub fn from_list(list: &str) -> Result<BerthClient, ConnectError> {
         BerthClient::new(&parse_servers(list)?)
+    }
+
+    /// Sets how long calls keep retrying while the cluster has no leader.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> BerthClient {
+        self.retry_for = retry_for;
+        self
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &str> {
@@ -137,9 +161,8 @@ impl BerthClient {
         objects_client(self.servers[i].1.clone())
     }
 
-    /// Runs `call` against the preferred server; when that server is
-    /// unreachable, tries each other server once. Returns the first answer
-    /// that is not UNAVAILABLE, or the last error.
+    /// Runs `call` with failover (see the type's documentation). Returns the
+    /// first answer that is not UNAVAILABLE, or the last error.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut(ObjectsClient<Channel>) -> Fut,
@@ -164,27 +187,47 @@ impl BerthClient {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let start = self.current.load(Ordering::Relaxed);
         let n = self.servers.len();
-        let mut last_error = None;
-        for attempt in 0..n {
-            let i = (start + attempt) % n;
-            let (address, channel) = &self.servers[i];
-            match call(channel.clone()).await {
-                Err(status) if status.code() == Code::Unavailable => {
-                    tracing::debug!(server = %address, error = %status.message(), "server unavailable");
-                    last_error = Some(Status::unavailable(format!(
-                        "server {address} is unavailable: {}",
-                        status.message()
-                    )));
-                }
-                result => {
-                    self.current.store(i, Ordering::Relaxed);
-                    return result;
+        let deadline = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(20);
+        let mut next = self.current.load(Ordering::Relaxed) % n;
+        loop {
+            let mut last_error = None;
+            let mut worth_retrying = false;
+            let mut tried = 0;
+            while tried < n {
+                let i = next;
+                next = (next + 1) % n;
+                tried += 1;
+                let (address, channel) = &self.servers[i];
+                match call(channel.clone()).await {
+                    Err(status) if status.code() == Code::Unavailable => {
+                        tracing::debug!(server = %address, error = %status.message(), "server unavailable");
+                        let metadata = status.metadata();
+                        worth_retrying |= metadata.contains_key(RETRY_METADATA);
+                        if let Some(leader) =
+                            metadata.get(LEADER_METADATA).and_then(|v| v.to_str().ok())
+                            && let Some(j) = self.servers.iter().position(|(s, _)| s == leader)
+                        {
+                            next = j;
+                        }
+                        last_error = Some(Status::unavailable(format!(
+                            "server {address} is unavailable: {}",
+                            status.message()
+                        )));
+                    }
+                    result => {
+                        self.current.store(i, Ordering::Relaxed);
+                        return result;
+                    }
                 }
             }
+            if !worth_retrying || Instant::now() + pause > deadline {
+                return Err(last_error.unwrap_or_else(|| Status::unavailable("no server answered")));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        Err(last_error.unwrap_or_else(|| Status::unavailable("no server answered")))
     }
 }
 

@@ -59,17 +59,32 @@ impl ApiServer {
 
     /// Starts a server with extra flags.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> ApiServer {
-        let mut server = ApiServer {
-            child: None,
-            addr: "127.0.0.1:0".into(),
-            data_dir: data_dir.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
+        ApiServer::start_at(data_dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts a server listening on `addr`, with extra flags.
+    pub fn start_at(data_dir: &Path, addr: &str, args: &[&str]) -> ApiServer {
+        let mut server = ApiServer::new(data_dir, addr, args);
         server.spawn();
         server
     }
 
+    /// A server not started yet (see [`ApiServer::restart`]).
+    pub fn new(data_dir: &Path, addr: &str, args: &[&str]) -> ApiServer {
+        ApiServer {
+            child: None,
+            addr: addr.into(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("create the data dir");
         let mut child = Command::new(binary("berth-apiserver"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -138,6 +153,184 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A free loopback port (bound, then released for the caller to use).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Several `berth-apiserver` members forming one cluster, each with fault
+/// injection on, so that tests can partition them.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// Members by id (1-based); `members[id - 1]`.
+    pub members: Vec<ApiServer>,
+}
+
+impl Cluster {
+    /// Starts `n` members with extra flags on each.
+    pub fn start(n: u64, args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addresses: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<ApiServer> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                let id = (i + 1).to_string();
+                let mut member_args = vec![
+                    "--member-id",
+                    &id,
+                    "--initial-cluster",
+                    &initial,
+                    "--fault-injection",
+                ];
+                member_args.extend_from_slice(args);
+                ApiServer::new(&dir.path().join(format!("m{id}")), address, &member_args)
+            })
+            .collect();
+        for member in &mut members {
+            member.spawn();
+        }
+        Cluster { dir, members }
+    }
+
+    /// Starts a new, empty member that waits to be added (`--join`).
+    pub fn start_joiner(&mut self, id: u64, args: &[&str]) -> String {
+        let address = format!("127.0.0.1:{}", free_port());
+        let id_text = id.to_string();
+        let mut member_args = vec!["--member-id", &id_text, "--join", "--fault-injection"];
+        member_args.extend_from_slice(args);
+        let member = ApiServer::start_at(
+            &self.dir.path().join(format!("m{id}")),
+            &address,
+            &member_args,
+        );
+        assert_eq!(
+            self.members.len() as u64 + 1,
+            id,
+            "joiners take the next id"
+        );
+        self.members.push(member);
+        address
+    }
+
+    pub fn member(&mut self, id: u64) -> &mut ApiServer {
+        &mut self.members[(id - 1) as usize]
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// A client of every member, failing over between them.
+    pub fn client(&self) -> BerthClient {
+        BerthClient::new(&self.addresses()).unwrap()
+    }
+
+    /// A client of one member only, without retries.
+    pub fn client_of(&self, id: u64) -> BerthClient {
+        BerthClient::new(std::slice::from_ref(&self.members[(id - 1) as usize].addr))
+            .unwrap()
+            .with_retry_for(Duration::ZERO)
+    }
+
+    /// One member's own view, or `None` if it does not answer.
+    pub async fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
+        if !self.members[(id - 1) as usize].is_running() {
+            return None;
+        }
+        let client = self.client_of(id);
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.call_cluster(|mut c| async move { c.status(pb::ClusterStatusRequest {}).await }),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+    }
+
+    /// Waits until some running member leads; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for id in 1..=self.members.len() as u64 {
+                if let Some(s) = self.status(id).await
+                    && s.role == "leader"
+                {
+                    return id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Drops all traffic between member `id` and `others` (both directions).
+    pub async fn partition(&self, id: u64, others: &[u64]) {
+        self.set_blocked(id, others.to_vec()).await;
+        for other in others {
+            self.set_blocked(*other, vec![id]).await;
+        }
+    }
+
+    /// Ends every partition.
+    pub async fn heal(&self) {
+        for id in 1..=self.members.len() as u64 {
+            if self.members[(id - 1) as usize].is_running() {
+                self.set_blocked(id, Vec::new()).await;
+            }
+        }
+    }
+
+    async fn set_blocked(&self, id: u64, blocked: Vec<u64>) {
+        use berth_proto::internal::raft_client::RaftClient;
+        let endpoint =
+            berth_proto::connect::endpoint(&self.members[(id - 1) as usize].addr).unwrap();
+        let mut client = RaftClient::new(endpoint.connect_lazy());
+        client
+            .partition(berth_proto::internal::PartitionRequest { blocked })
+            .await
+            .unwrap();
+    }
+
+    /// Every object as one member has it (a stale read: its own state).
+    pub async fn dump_of(&self, id: u64) -> String {
+        dump_with(&self.client_of(id), true).await
+    }
+
+    /// Waits until every running member has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for id in 1..=self.members.len() as u64 {
+            if !self.members[(id - 1) as usize].is_running() {
+                continue;
+            }
+            loop {
+                let applied = self.status(id).await.map_or(0, |s| s.applied_index);
+                if applied >= index {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {id} applied {applied}, not {index}, within {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
@@ -224,15 +417,20 @@ where
     }
 }
 
-/// Every object of every kind, as YAML, plus the revision: two equal dumps
-/// mean an identical store.
+/// Every object of every kind, plus the revision: two equal dumps mean an
+/// identical store.
 pub async fn dump(client: &BerthClient) -> String {
+    dump_with(client, false).await
+}
+
+async fn dump_with(client: &BerthClient, stale: bool) -> String {
     let mut out = String::new();
     for kind in pb::Kind::ALL {
         let list = client
             .call(|mut c| async move {
                 c.list(pb::ListRequest {
                     kind: kind as i32,
+                    stale,
                     ..Default::default()
                 })
                 .await

@@ -55,8 +55,9 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// A server with some state to protect: a namespace with a quota, a job.
-async fn server_with_state(dir: &Path) -> (ApiServer, BerthClient) {
+/// A server with some state to protect: a namespace with a quota, a job
+/// written twice. Returns the job's first (now stale) and current versions.
+async fn server_with_state(dir: &Path) -> (ApiServer, BerthClient, u64, u64) {
     let server = ApiServer::start(dir);
     let client = server.client();
     server
@@ -71,17 +72,24 @@ spec:
 ",
         )
         .ok();
-    apply(&client, job("default", "existing", 1)).await.unwrap();
-    apply(&client, job("default", "existing", 2)).await.unwrap();
-    (server, client)
+    let stale = apply(&client, job("default", "existing", 1))
+        .await
+        .unwrap()
+        .resource_version();
+    let current = apply(&client, job("default", "existing", 2))
+        .await
+        .unwrap()
+        .resource_version();
+    (server, client, stale, current)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_get_clear_errors_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (server, client) = server_with_state(&data).await;
+    let (server, client, stale, current) = server_with_state(&data).await;
     let inputs = tempfile::tempdir().unwrap();
+    let stale_error = format!("resource_version {stale} is stale, the object is at {current}");
 
     let ten_megabytes = format!("{JOB}    args: [\"{}\"]\n", "x".repeat(10 * 1024 * 1024));
     let cases: Vec<(&str, String, Vec<&str>, &str)> = vec![
@@ -124,7 +132,7 @@ async fn bad_manifests_get_clear_errors_and_change_nothing() {
         ("second-bad.yaml", format!("{}---\n{}", with("name: web", "name: fine"), with("cpu: 500m", "cpu: lots")), vec![], "document 2: spec.template.resources.cpu: \"lots\" is not a quantity"),
         ("other-namespace.yaml", with("  name: web\n", "  name: web\n  namespace: team-b\n"), vec!["-n", "team-a"], "metadata.namespace: \"team-b\" does not match the namespace \"team-a\""),
         // Rules only the server can check, against stored state.
-        ("stale.yaml", with("  name: web\n", "  name: existing\n  resourceVersion: 3\n"), vec![], "resource_version 3 is stale, the object is at 4"),
+        ("stale.yaml", with("  name: web\n", &format!("  name: existing\n  resourceVersion: {stale}\n")), vec![], &stale_error),
         ("over-quota.yaml", with("replicas: 2", "replicas: 5"), vec!["-n", "team-a"], "quota exceeded: namespace team-a: the prod quota for cpu is 2"),
         ("ghost.yaml", with("  name: web\n", "  name: web\n  namespace: ghost\n"), vec![], "namespace \"ghost\" not found"),
     ];
@@ -214,7 +222,7 @@ fn template(j: &mut pb::Job) -> &mut pb::TaskTemplate {
 async fn raw_grpc_requests_are_checked_by_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_server, client) = server_with_state(&data).await;
+    let (_server, client, stale, _) = server_with_state(&data).await;
     let mut c = client.objects();
     let store_before = files(&data);
     let dump_before = dump(&client).await;
@@ -429,7 +437,7 @@ async fn raw_grpc_requests_are_checked_by_the_server() {
             kind: pb::Kind::Job as i32,
             namespace: "default".into(),
             name: "existing".into(),
-            resource_version: 1,
+            resource_version: stale,
         })
         .await,
         Code::Aborted,

@@ -1,0 +1,329 @@
+//! raft-rs's `Storage` over the apiserver's sled store.
+//!
+//! raft-rs reads the log through this type; the raft loop writes through it.
+//! Everything small is kept in memory — hard state, conf state, where the log
+//! starts, the term of every entry — and the newest entries are cached, so
+//! that replicating to a follower that keeps up never reads the disk. Writes
+//! are added to the caller's [`WriteBatch`]; the loop makes them durable.
+//!
+//! Only the raft thread touches a `LogStore` (raft-rs owns it inside the
+//! `RawNode`), so it needs no lock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot as RaftSnapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+
+use super::snapshots::SnapshotShelf;
+use crate::storage::{LoadedLog, Storage, StorageError, WriteBatch};
+use crate::watch::WatchHub;
+
+/// Newest entries kept decoded in memory.
+const CACHE_ENTRIES: usize = 4096;
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Marks a snapshot's data: the objects themselves travel separately.
+pub const SNAPSHOT_MARKER: &[u8] = b"berth-snapshot/v1";
+
+pub struct LogStore {
+    storage: Storage,
+    hub: Arc<WatchHub>,
+    shelf: Arc<SnapshotShelf>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry compacted away.
+    start_index: u64,
+    start_term: u64,
+    /// Terms of entries `start_index + 1 ..= last_index`.
+    terms: VecDeque<u64>,
+    /// The newest entries, contiguous, ending at the last index.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
+}
+
+impl LogStore {
+    pub fn new(
+        storage: Storage,
+        log: LoadedLog,
+        hub: Arc<WatchHub>,
+        shelf: Arc<SnapshotShelf>,
+    ) -> LogStore {
+        LogStore {
+            storage,
+            hub,
+            shelf,
+            hard_state: log.hard_state,
+            conf_state: log.conf_state,
+            start_index: log.start.0,
+            start_term: log.start.1,
+            terms: log.terms.into(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        }
+    }
+
+    /// Writes the initial state of a new cluster: every initial member does
+    /// the same, so they all start from an identical snapshot at index 1 that
+    /// holds the voters. A member joining later starts empty and receives a
+    /// snapshot from the leader instead (its log is behind index 1).
+    pub fn bootstrap(
+        storage: &Storage,
+        members: &BTreeMap<u64, String>,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        let conf_state = ConfState {
+            voters: members.keys().copied().collect(),
+            ..Default::default()
+        };
+        let hard_state = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        batch.put_log_start(1, 1);
+        batch.put_hard_state(&hard_state)?;
+        batch.put_conf_state(&conf_state)?;
+        batch.put_applied(1);
+        batch.put_members(
+            &crate::state::Membership {
+                conf_state,
+                addresses: members.clone(),
+            }
+            .to_record(),
+        );
+        storage.write(batch)?;
+        storage.flush()
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.start_index + 1
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.start_index + self.terms.len() as u64
+    }
+
+    /// Appends entries from a Ready, replacing any conflicting tail.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let first_index = first.index;
+        if first_index <= self.start_index || first_index > self.last_index() + 1 {
+            return Err(StorageError::Corrupt(format!(
+                "cannot append entries from {first_index}: the log holds {} to {}",
+                self.first_index(),
+                self.last_index()
+            )));
+        }
+        let old_last = self.last_index();
+        let new_last = first_index + entries.len() as u64 - 1;
+        // Drop the tail the new entries replace.
+        self.terms
+            .truncate((first_index - self.start_index - 1) as usize);
+        while self.cache.back().is_some_and(|e| e.index >= first_index) {
+            if let Some(e) = self.cache.pop_back() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        for index in (new_last + 1)..=old_last {
+            batch.delete_entry(index);
+        }
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first_index)
+        {
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        for entry in entries {
+            batch.put_entry(entry)?;
+            self.terms.push_back(entry.term);
+            self.cache_bytes += entry.data.len();
+            self.cache.push_back(entry.clone());
+        }
+        while self.cache.len() > CACHE_ENTRIES || self.cache_bytes > CACHE_BYTES {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_hard_state(
+        &mut self,
+        hs: HardState,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        batch.put_hard_state(&hs)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(hs, batch)
+    }
+
+    pub fn set_conf_state(
+        &mut self,
+        cs: ConfState,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        batch.put_conf_state(&cs)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Drops entries up to and including `upto`, which must be applied.
+    pub fn compact(&mut self, upto: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        if upto <= self.start_index {
+            return Ok(());
+        }
+        let term = self.term_of(upto).ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "cannot compact to {upto}: past the last entry {}",
+                self.last_index()
+            ))
+        })?;
+        for index in self.first_index()..=upto {
+            batch.delete_entry(index);
+        }
+        batch.put_log_start(upto, term);
+        self.terms.drain(..(upto - self.start_index) as usize);
+        self.start_index = upto;
+        self.start_term = term;
+        while self.cache.front().is_some_and(|e| e.index <= upto) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the log start after a leader's snapshot. The caller has removed
+    /// the old entries from storage in `batch`.
+    pub fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        self.start_index = meta.index;
+        self.start_term = meta.term;
+        self.terms.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
+        batch.put_log_start(meta.index, meta.term);
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(hs, batch)?;
+        self.set_conf_state(meta.get_conf_state().clone(), batch)
+    }
+
+    fn term_of(&self, index: u64) -> Option<u64> {
+        if index == self.start_index {
+            return Some(self.start_term);
+        }
+        let offset = index.checked_sub(self.start_index + 1)?;
+        self.terms.get(offset as usize).copied()
+    }
+}
+
+fn store_error(e: StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        if low <= self.start_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if low == high {
+            return Ok(Vec::new());
+        }
+        let mut entries = match self.cache.front() {
+            Some(first) if first.index <= low => {
+                let skip = (low - first.index) as usize;
+                self.cache
+                    .iter()
+                    .skip(skip)
+                    .take((high - low) as usize)
+                    .cloned()
+                    .collect()
+            }
+            _ => self
+                .storage
+                .read_entries(low, high, max_size)
+                .map_err(store_error)?,
+        };
+        raft::util::limit_size(&mut entries, Some(max_size));
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index < self.start_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        self.term_of(index)
+            .ok_or(raft::Error::Store(RaftStorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(LogStore::first_index(self))
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(LogStore::last_index(self))
+    }
+
+    /// The state as last published: an immutable view at its applied index,
+    /// shelved for the transport, which streams its objects.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<RaftSnapshot> {
+        let view = self.hub.snapshot();
+        if view.applied < request_index {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let term = self.term(view.applied)?;
+        let mut snapshot = RaftSnapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = view.applied;
+        meta.term = term;
+        meta.set_conf_state(view.membership.conf_state.clone());
+        snapshot.data = SNAPSHOT_MARKER.to_vec().into();
+        self.shelf.put_outgoing(view);
+        debug_assert!(snapshot.write_to_bytes().is_ok());
+        Ok(snapshot)
+    }
+}

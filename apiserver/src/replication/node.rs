@@ -1,0 +1,932 @@
+//! The raft loop: one thread drives raft-rs's `RawNode`.
+//!
+//! Each turn takes every queued input (proposals, peer messages, reads,
+//! membership changes), ticks the clock, then handles one Ready in the order
+//! raft-rs requires:
+//!
+//! 1. send the messages a leader may send before persisting;
+//! 2. install a snapshot, if one arrived;
+//! 3. append new entries and the hard state — one batch, one fsync for every
+//!    proposal of the turn (group commit);
+//! 4. apply committed entries to the state machine, answer their proposers;
+//! 5. only now send the messages that acknowledge persisted entries;
+//! 6. advance, and apply what that commits.
+//!
+//! Then the new state is published to readers and watchers, and pending
+//! linearizable reads are answered. A proposal is answered once its entry is
+//! applied — or failed when another entry took its index (leadership changed)
+//! or it timed out; its outcome is then unknown to the client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use berth_proto::internal::{
+    ApplyOp, Command, MemberChange as MemberChangeRecord, Proposal, command::Op,
+};
+use berth_proto::object::ObjectKey;
+use berth_proto::pb;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
+    EntryType,
+};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
+use tokio::sync::oneshot;
+
+use super::log_store::LogStore;
+use super::snapshots::SnapshotShelf;
+use super::transport::Transport;
+use super::{Input, MemberChange, NodeStatus, Settings};
+use crate::error::ApiError;
+use crate::state::Membership;
+use crate::state_machine::{Applied, DEFAULT_NAMESPACE, StateMachine};
+use crate::storage::{Storage, StorageError, WriteBatch};
+use crate::watch::WatchHub;
+
+/// Inputs handled per turn before the loop looks at the Ready.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+enum Reply {
+    Write(oneshot::Sender<Result<Applied, ApiError>>),
+    Change(oneshot::Sender<Result<(), ApiError>>),
+    /// Nobody waits (the loop's own proposals).
+    None,
+}
+
+impl Reply {
+    fn fail(self, error: ApiError) {
+        match self {
+            Reply::Write(r) => {
+                let _ = r.send(Err(error));
+            }
+            Reply::Change(r) => {
+                let _ = r.send(Err(error));
+            }
+            Reply::None => {}
+        }
+    }
+}
+
+struct Pending {
+    reply: Reply,
+    /// The log index the entry was appended at.
+    index: u64,
+    deadline: Instant,
+}
+
+/// Something waiting for raft to confirm a read index.
+struct WaitingRead {
+    kind: ReadKind,
+    deadline: Instant,
+}
+
+enum ReadKind {
+    /// A linearizable read: answered with the index to wait for.
+    Index(oneshot::Sender<Result<u64, ApiError>>),
+    /// A write the leader's state would refuse or find unchanged. Answering
+    /// that from the leader's state is a read, so it is answered only once
+    /// the read index confirms that state is current — never from a leader
+    /// that was deposed without knowing it yet. Refusals never reach the log.
+    Check(Box<Command>, WriteReply),
+}
+
+type WriteReply = oneshot::Sender<Result<Applied, ApiError>>;
+
+impl ReadKind {
+    fn fail(self, error: ApiError) {
+        match self {
+            ReadKind::Index(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            ReadKind::Check(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Reads that share one ReadIndex request.
+struct InflightRead {
+    reads: Vec<WaitingRead>,
+    issued: Instant,
+}
+
+pub(crate) struct Node {
+    id: u64,
+    raw: RawNode<LogStore>,
+    machine: StateMachine,
+    storage: Storage,
+    hub: Arc<WatchHub>,
+    shelf: Arc<SnapshotShelf>,
+    transport: Transport,
+    inputs: Receiver<Input>,
+    settings: Settings,
+    next_request: u64,
+    pending: HashMap<u64, Pending>,
+    /// Request ids by log index, to fail proposals whose index another entry took.
+    by_index: BTreeMap<u64, u64>,
+    reads: Vec<WaitingRead>,
+    inflight_reads: HashMap<u64, InflightRead>,
+    /// Checked writes whose read index this member has not applied yet.
+    deferred: Vec<(u64, Box<Command>, WriteReply)>,
+    next_read: u64,
+    /// Set when storage failed: the member refuses everything until restarted.
+    failed: Option<String>,
+    /// The term in which this member last proposed the default namespace.
+    bootstrapped_in_term: u64,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        settings: &Settings,
+        log: LogStore,
+        storage: Storage,
+        machine: StateMachine,
+        hub: Arc<WatchHub>,
+        shelf: Arc<SnapshotShelf>,
+        transport: Transport,
+        inputs: Receiver<Input>,
+    ) -> anyhow::Result<Node> {
+        let config = raft::Config {
+            id: settings.member_id,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied: machine.applied(),
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 256 * 1024 * 1024,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, log, &super::logger::logger(settings.member_id))?;
+        Ok(Node {
+            id: settings.member_id,
+            raw,
+            machine,
+            storage,
+            hub,
+            shelf,
+            transport,
+            inputs,
+            settings: settings.clone(),
+            next_request: 1,
+            pending: HashMap::new(),
+            by_index: BTreeMap::new(),
+            reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            deferred: Vec::new(),
+            next_read: 1,
+            failed: None,
+            bootstrapped_in_term: 0,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        // A lone voter need not wait out an election timeout to lead.
+        let cs = self.raw.store().conf_state();
+        if cs.voters == [self.id] && cs.voters_outgoing.is_empty() {
+            let _ = self.raw.campaign();
+        }
+        let tick = self.settings.tick;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(wait) {
+                Ok(Input::Shutdown) => break,
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..MAX_INPUTS_PER_TURN {
+                        match self.inputs.try_recv() {
+                            Ok(Input::Shutdown) => return self.stop(),
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + tick;
+                self.expire(now);
+            }
+            if self.failed.is_some() {
+                continue;
+            }
+            self.issue_reads();
+            if let Err(e) = self.on_ready() {
+                self.fail(e);
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(mut self) {
+        for (_, pending) in self.pending.drain() {
+            pending.reply.fail(ApiError::ShuttingDown);
+        }
+        for read in self.reads.drain(..) {
+            read.kind.fail(ApiError::ShuttingDown);
+        }
+        tracing::debug!(member = self.id, "raft loop stopped");
+    }
+
+    /// Storage failed: memory and disk may disagree from here on, so this
+    /// member stops participating and refuses every request.
+    fn fail(&mut self, error: StorageError) {
+        let reason = error.to_string();
+        tracing::error!(member = self.id, %reason, "storage failed; this member stops serving until restarted");
+        for (_, pending) in self.pending.drain() {
+            pending.reply.fail(ApiError::Storage(reason.clone()));
+        }
+        self.by_index.clear();
+        self.failed = Some(reason);
+    }
+
+    fn not_leader(&self) -> ApiError {
+        let leader_id = self.raw.raft.leader_id;
+        ApiError::NotLeader {
+            leader_id,
+            leader_address: self
+                .machine
+                .membership()
+                .address(leader_id)
+                .map(str::to_string),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn handle(&mut self, input: Input) {
+        if let Some(reason) = &self.failed {
+            let error = ApiError::Storage(reason.clone());
+            match input {
+                Input::Propose { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
+                Input::ReadIndex { reply } => {
+                    let _ = reply.send(Err(error));
+                }
+                Input::ChangeMembers { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
+                Input::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                _ => {}
+            }
+            return;
+        }
+        match input {
+            Input::Propose { command, reply } => self.check_then_propose(*command, reply),
+            Input::ReadIndex { reply } => self.reads.push(WaitingRead {
+                kind: ReadKind::Index(reply),
+                deadline: Instant::now() + self.settings.proposal_timeout,
+            }),
+            Input::ChangeMembers { change, reply } => self.change_members(change, reply),
+            Input::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Input::Step(message) => {
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!(member = self.id, error = %e, "raft message refused");
+                }
+            }
+            Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    fn track(&mut self, request_id: u64, reply: Reply) {
+        let index = self.raw.raft.raft_log.last_index();
+        self.pending.insert(
+            request_id,
+            Pending {
+                reply,
+                index,
+                deadline: Instant::now() + self.settings.proposal_timeout,
+            },
+        );
+        self.by_index.insert(index, request_id);
+    }
+
+    /// A client's write: proposed at once if the leader's state accepts it;
+    /// refused or answered "unchanged" only after a read index confirms it.
+    fn check_then_propose(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Result<Applied, ApiError>>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        match self.machine.check(&command) {
+            Ok(None) => self.propose(command, Reply::Write(reply)),
+            Ok(Some(_)) | Err(_) => self.reads.push(WaitingRead {
+                kind: ReadKind::Check(Box::new(command), reply),
+                deadline: Instant::now() + self.settings.proposal_timeout,
+            }),
+        }
+    }
+
+    /// Decides a checked write against state known to be current.
+    fn decide(&mut self, command: Command, reply: oneshot::Sender<Result<Applied, ApiError>>) {
+        match self.machine.check(&command) {
+            Ok(None) => self.propose(command, Reply::Write(reply)),
+            Ok(Some(applied)) => {
+                let _ = reply.send(Ok(applied));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn propose(&mut self, command: Command, reply: Reply) {
+        if !self.is_leader() {
+            return reply.fail(self.not_leader());
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let data = Proposal {
+            proposer: self.id,
+            request_id,
+            command: Some(command),
+        }
+        .encode_to_vec();
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => self.track(request_id, reply),
+            Err(raft::Error::ProposalDropped) => reply.fail(self.not_leader()),
+            Err(e) => reply.fail(ApiError::Unavailable(format!(
+                "the proposal was refused: {e}"
+            ))),
+        }
+    }
+
+    fn change_members(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let single = |id: u64, change_type: ConfChangeType| ConfChangeSingle {
+            change_type,
+            node_id: id,
+            ..Default::default()
+        };
+        let mut add = Vec::new();
+        let changes = match change {
+            MemberChange::AddLearner { id, address } => {
+                add.push(pb::Member {
+                    id,
+                    address,
+                    voter: false,
+                });
+                vec![single(id, ConfChangeType::AddLearnerNode)]
+            }
+            MemberChange::Promote { id, replace } => {
+                let mut changes = vec![single(id, ConfChangeType::AddNode)];
+                if let Some(old) = replace {
+                    changes.push(single(old, ConfChangeType::RemoveNode));
+                }
+                changes
+            }
+            MemberChange::Remove { id } if id == self.id => {
+                // A leader does not remove itself: it hands leadership to the
+                // most up-to-date voter first; the caller retries there.
+                let target = self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .filter(|(peer, _)| {
+                        **peer != self.id && self.raw.raft.prs().conf().voters().contains(**peer)
+                    })
+                    .max_by_key(|(_, pr)| pr.matched)
+                    .map(|(peer, _)| *peer);
+                let error = match target {
+                    Some(target) => {
+                        self.raw.transfer_leader(target);
+                        ApiError::Unavailable(format!(
+                            "member {id} leads: leadership is moving to member {target}; retry the removal there"
+                        ))
+                    }
+                    None => ApiError::FailedPrecondition(format!("member {id} is the only voter")),
+                };
+                let _ = reply.send(Err(error));
+                return;
+            }
+            MemberChange::Remove { id } => vec![single(id, ConfChangeType::RemoveNode)],
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let context = MemberChangeRecord {
+            proposer: self.id,
+            request_id,
+            add,
+        }
+        .encode_to_vec();
+        let cc = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto,
+            changes: changes.into(),
+            ..Default::default()
+        };
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) => self.track(request_id, Reply::Change(reply)),
+            Err(e) => {
+                let _ = reply.send(Err(ApiError::FailedPrecondition(format!(
+                    "the membership change was refused: {e}"
+                ))));
+            }
+        }
+    }
+
+    /// Sends one ReadIndex request for every read waiting. raft-rs drops the
+    /// request silently when there is no leader, so reads wait for one.
+    fn issue_reads(&mut self) {
+        if self.reads.is_empty() || self.raw.raft.leader_id == 0 {
+            return;
+        }
+        let ctx = self.next_read;
+        self.next_read += 1;
+        let reads = std::mem::take(&mut self.reads);
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.inflight_reads.insert(
+            ctx,
+            InflightRead {
+                reads,
+                issued: Instant::now(),
+            },
+        );
+    }
+
+    /// Fails proposals and reads that waited too long.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.by_index.remove(&p.index);
+                p.reply.fail(ApiError::Unavailable(format!(
+                    "not committed within {:?} (no quorum reachable?); the outcome is unknown",
+                    self.settings.proposal_timeout
+                )));
+            }
+        }
+        // A ReadIndex request can be lost with its leader: ask again.
+        let retry_after = self.settings.tick * self.settings.election_ticks as u32;
+        let lost: Vec<u64> = self
+            .inflight_reads
+            .iter()
+            .filter(|(_, read)| now.duration_since(read.issued) > retry_after)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in lost {
+            if let Some(read) = self.inflight_reads.remove(&ctx) {
+                self.reads.extend(read.reads);
+            }
+        }
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|read| read.deadline <= now);
+        self.reads = waiting;
+        for read in expired {
+            read.kind.fail(ApiError::Unavailable(
+                "this member could not confirm with a quorum in time that its state is current; retry".into(),
+            ));
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.transport.send(ready.take_messages());
+
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
+        }
+
+        // The log first: no applied state may outlive the commit index that
+        // covers it after a crash.
+        let mut log_batch = WriteBatch::new();
+        self.raw
+            .mut_store()
+            .append(ready.entries(), &mut log_batch)?;
+        if let Some(hs) = ready.hs() {
+            self.raw
+                .mut_store()
+                .set_hard_state(hs.clone(), &mut log_batch)?;
+        }
+        self.storage.write(log_batch)?;
+
+        let mut batch = WriteBatch::new();
+        let mut records = Vec::new();
+        let mut answers = Vec::new();
+        self.apply(
+            ready.take_committed_entries(),
+            &mut batch,
+            &mut records,
+            &mut answers,
+        )?;
+        self.storage.write(batch)?;
+        if ready.must_sync() {
+            self.storage.flush()?;
+        }
+        self.transport.send(ready.take_persisted_messages());
+        let read_states = ready.take_read_states();
+
+        let mut light = self.raw.advance(ready);
+        let mut batch = WriteBatch::new();
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit, &mut batch)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(
+            light.take_committed_entries(),
+            &mut batch,
+            &mut records,
+            &mut answers,
+        )?;
+        // These writes are already safe in the log; flushing them too means
+        // the store is quiet once writers hear back (nothing left to settle).
+        let settle = !batch.is_empty();
+        self.storage.write(batch)?;
+        if settle {
+            self.storage.flush()?;
+        }
+        self.raw.advance_apply();
+
+        // Readers see the new state before writers hear back.
+        self.hub.publish(self.machine.snapshot(), records);
+        for (reply, result) in answers {
+            match (reply, result) {
+                (Reply::Write(r), result) => {
+                    let _ = r.send(result);
+                }
+                (Reply::Change(r), result) => {
+                    let _ = r.send(result.map(|_| ()));
+                }
+                (Reply::None, _) => {}
+            }
+        }
+        for state in read_states {
+            let Ok(ctx) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(inflight) = self.inflight_reads.remove(&u64::from_be_bytes(ctx)) {
+                for read in inflight.reads {
+                    match read.kind {
+                        ReadKind::Index(reply) => {
+                            let _ = reply.send(Ok(state.index));
+                        }
+                        ReadKind::Check(command, reply) => {
+                            self.deferred.push((state.index, command, reply))
+                        }
+                    }
+                }
+            }
+        }
+        let applied = self.machine.applied();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.deferred = waiting;
+        for (_, command, reply) in ready {
+            self.decide(*command, reply);
+        }
+        self.compact_log()?;
+        self.compact_history();
+        self.ensure_default_namespace();
+        Ok(())
+    }
+
+    /// Keeps `history_retention` revisions of history for watches, deleting
+    /// older ones in bulk once a tenth more has accumulated.
+    fn compact_history(&mut self) {
+        let retention = self.settings.history_retention;
+        let revision = self.machine.revision();
+        if revision.saturating_sub(self.hub.compacted()) <= retention + retention / 10 {
+            return;
+        }
+        let upto = revision - retention;
+        self.hub.begin_compaction(upto);
+        if let Err(e) = self.storage.compact_history(upto) {
+            // Not fatal: the history stays longer than asked.
+            tracing::warn!(error = %e, upto, "history compaction failed");
+        }
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        batch: &mut WriteBatch,
+        records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>,
+        answers: &mut Vec<(Reply, Result<Applied, ApiError>)>,
+    ) -> Result<(), StorageError> {
+        for entry in entries {
+            let index = entry.index;
+            if index <= self.machine.applied() {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => self.machine.skip(index, batch),
+                EntryType::EntryNormal => match Proposal::decode(entry.data.as_ref()) {
+                    Ok(Proposal {
+                        proposer,
+                        request_id,
+                        command: Some(command),
+                    }) => {
+                        let result = self.machine.apply(index, &command, batch);
+                        if let Ok(Applied {
+                            record: Some(record),
+                            ..
+                        }) = &result
+                        {
+                            records.push(record.clone());
+                        }
+                        if proposer == self.id
+                            && let Some(pending) = self.pending.remove(&request_id)
+                        {
+                            self.by_index.remove(&pending.index);
+                            answers.push((pending.reply, result));
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::error!(
+                            member = self.id,
+                            index,
+                            "an entry does not decode; skipped"
+                        );
+                        self.machine.skip(index, batch);
+                    }
+                },
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
+                        StorageError::Corrupt(format!(
+                            "conf change at {index} does not decode: {e}"
+                        ))
+                    })?;
+                    // Berth proposes only V2 changes; a V1 one is its single change.
+                    let v2 = ConfChangeV2 {
+                        changes: vec![ConfChangeSingle {
+                            change_type: cc.get_change_type(),
+                            node_id: cc.node_id,
+                            ..Default::default()
+                        }]
+                        .into(),
+                        ..Default::default()
+                    };
+                    self.apply_conf_change(index, &v2, &[], batch)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| {
+                        StorageError::Corrupt(format!(
+                            "conf change at {index} does not decode: {e}"
+                        ))
+                    })?;
+                    let context =
+                        MemberChangeRecord::decode(entry.context.as_ref()).unwrap_or_default();
+                    self.apply_conf_change(index, &cc, &context.add, batch)?;
+                    if context.proposer == self.id
+                        && let Some(pending) = self.pending.remove(&context.request_id)
+                    {
+                        self.by_index.remove(&pending.index);
+                        let object = Arc::new(pb::Object::default());
+                        answers.push((
+                            pending.reply,
+                            Ok(Applied {
+                                outcome: crate::state_machine::Outcome::Updated,
+                                object,
+                                revision: self.machine.revision(),
+                                record: None,
+                            }),
+                        ));
+                    }
+                }
+            }
+            // Proposals waiting at this index or below lost it to another entry.
+            while let Some((&at, _)) = self.by_index.first_key_value() {
+                if at > index {
+                    break;
+                }
+                if let Some(request_id) = self.by_index.remove(&at)
+                    && let Some(pending) = self.pending.remove(&request_id)
+                {
+                    answers.push((
+                        pending.reply,
+                        Err(ApiError::Unavailable(
+                            "leadership changed before the write was committed; it was not applied, retry".into(),
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        cc: &ConfChangeV2,
+        added: &[pb::Member],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        let conf_state = match self.raw.apply_conf_change(cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(member = self.id, index, error = %e, "membership change not applied");
+                self.machine.skip(index, batch);
+                return Ok(());
+            }
+        };
+        let mut membership: Membership = (**self.machine.membership()).clone();
+        for member in added {
+            membership
+                .addresses
+                .insert(member.id, member.address.clone());
+        }
+        let present: Vec<u64> = conf_state
+            .voters
+            .iter()
+            .chain(&conf_state.voters_outgoing)
+            .chain(&conf_state.learners)
+            .chain(&conf_state.learners_next)
+            .copied()
+            .collect();
+        membership.addresses.retain(|id, _| present.contains(id));
+        membership.conf_state = conf_state.clone();
+        tracing::info!(
+            member = self.id,
+            index,
+            voters = ?conf_state.voters,
+            outgoing = ?conf_state.voters_outgoing,
+            learners = ?conf_state.learners,
+            "membership changed"
+        );
+        self.raw.mut_store().set_conf_state(conf_state, batch)?;
+        self.machine.set_membership(index, membership, batch);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        let Some(incoming) = self.shelf.take_incoming(meta.index) else {
+            return Err(StorageError::Corrupt(format!(
+                "raft asked to install the snapshot at {} but its objects never arrived",
+                meta.index
+            )));
+        };
+        let mut batch = WriteBatch::new();
+        self.storage.clear_all(&mut batch)?;
+        self.raw.mut_store().install_snapshot(meta, &mut batch)?;
+        let membership = Membership::from_record(&incoming.members, meta.get_conf_state().clone());
+        let objects = incoming.objects.len();
+        self.machine.install(
+            meta.index,
+            incoming.revision,
+            incoming.objects,
+            membership,
+            &mut batch,
+        );
+        self.storage.write(batch)?;
+        self.storage.flush()?;
+        self.hub.reset(self.machine.snapshot(), incoming.revision);
+        self.shelf.count_installed();
+        tracing::info!(
+            member = self.id,
+            index = meta.index,
+            objects,
+            "snapshot installed"
+        );
+        Ok(())
+    }
+
+    /// Drops applied entries once the log is longer than the threshold,
+    /// keeping half of it so that followers a little behind need no snapshot.
+    fn compact_log(&mut self) -> Result<(), StorageError> {
+        let store = self.raw.store();
+        let length = store.last_index().saturating_sub(store.first_index()) + 1;
+        if length <= self.settings.snapshot_threshold {
+            return Ok(());
+        }
+        let upto = self
+            .machine
+            .applied()
+            .saturating_sub(self.settings.snapshot_threshold / 2);
+        if upto < store.first_index() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        self.raw.mut_store().compact(upto, &mut batch)?;
+        self.storage.write(batch)?;
+        tracing::debug!(member = self.id, upto, "log compacted");
+        Ok(())
+    }
+
+    /// A new leader of a cluster without the `default` namespace creates it.
+    fn ensure_default_namespace(&mut self) {
+        let term = self.raw.raft.term;
+        if !self.is_leader() || self.bootstrapped_in_term == term {
+            return;
+        }
+        let key = ObjectKey::new(pb::Kind::Namespace, "", DEFAULT_NAMESPACE);
+        // Wait until this leader has applied everything of earlier terms.
+        if self.machine.applied() < self.raw.raft.raft_log.committed || self.machine.contains(&key)
+        {
+            if self.machine.contains(&key) {
+                self.bootstrapped_in_term = term;
+            }
+            return;
+        }
+        self.bootstrapped_in_term = term;
+        let namespace = pb::Object::from(pb::Namespace {
+            metadata: Some(pb::ObjectMeta {
+                name: DEFAULT_NAMESPACE.into(),
+                ..Default::default()
+            }),
+            spec: Some(pb::NamespaceSpec::default()),
+        });
+        let command = Command {
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            op: Some(Op::Apply(ApplyOp {
+                object: Some(namespace),
+                create_only: true,
+                new_uid: format!("default-{term}-{}", self.id),
+            })),
+        };
+        self.propose(command, Reply::None);
+    }
+
+    fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let progress = if raft.state == StateRole::Leader {
+            let mut progress: Vec<pb::MemberProgress> = raft
+                .prs()
+                .iter()
+                .map(|(id, pr)| pb::MemberProgress {
+                    id: *id,
+                    matched: pr.matched,
+                    state: match pr.state {
+                        ProgressState::Probe => "probe",
+                        ProgressState::Replicate => "replicate",
+                        ProgressState::Snapshot => "snapshot",
+                    }
+                    .into(),
+                    recent_active: pr.recent_active || *id == self.id,
+                })
+                .collect();
+            progress.sort_by_key(|p| p.id);
+            progress
+        } else {
+            Vec::new()
+        };
+        NodeStatus {
+            member_id: self.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            role,
+            commit: raft.raft_log.committed,
+            applied: self.machine.applied(),
+            first_index: self.raw.store().first_index(),
+            last_index: self.raw.store().last_index(),
+            progress,
+        }
+    }
+}
