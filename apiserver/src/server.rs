@@ -117,7 +117,7 @@ impl ApiServer {
             bookmark_every: config.bookmark_interval,
             proposal_timeout: config.proposal_timeout,
         };
-        let mut stop = shutdown_rx;
+        let mut stop = shutdown_rx.clone();
         let serving = tokio::spawn(
             connect::server()
                 .add_service(connect::objects_service(service.clone()))
@@ -125,6 +125,7 @@ impl ApiServer {
                 .add_service(
                     RaftService {
                         replica: replica.clone(),
+                        shutdown: shutdown_rx.clone(),
                     }
                     .into_server(),
                 )

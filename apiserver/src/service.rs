@@ -43,8 +43,21 @@ pub struct ApiService {
     pub proposal_timeout: Duration,
 }
 
+/// A response that names the leader when the write was forwarded to it.
+fn respond<T>(message: T, leader: Option<String>) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Some(leader) = leader
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(leader.as_str())
+    {
+        response
+            .metadata_mut()
+            .insert(berth_proto::connect::LEADER_METADATA, value);
+    }
+    response
+}
+
 impl ApiService {
-    async fn write(&self, op: Op) -> Result<Applied, ApiError> {
+    async fn write(&self, op: Op) -> Result<(Applied, Option<String>), ApiError> {
         let command = Command {
             time_ms: now_ms(),
             op: Some(op),
@@ -156,14 +169,14 @@ impl Objects for ApiService {
             create_only,
         } = request.into_inner();
         let object = admit_object(object)?;
-        let applied = self
+        let (applied, leader) = self
             .write(Op::Apply(ApplyOp {
                 object: Some(object),
                 create_only,
                 new_uid: uuid::Uuid::new_v4().to_string(),
             }))
             .await?;
-        Ok(Response::new(apply_response(applied)))
+        Ok(respond(apply_response(applied), leader))
     }
 
     async fn update_status(
@@ -171,12 +184,12 @@ impl Objects for ApiService {
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let object = admit_object(request.into_inner().object)?;
-        let applied = self
+        let (applied, leader) = self
             .write(Op::UpdateStatus(UpdateStatusOp {
                 object: Some(object),
             }))
             .await?;
-        Ok(Response::new(apply_response(applied)))
+        Ok(respond(apply_response(applied), leader))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
@@ -231,7 +244,7 @@ impl Objects for ApiService {
             resource_version,
         } = request.into_inner();
         let key = key_of(kind, namespace, name)?;
-        let applied = self
+        let (applied, leader) = self
             .write(Op::Delete(DeleteOp {
                 kind: key.kind as i32,
                 namespace: key.namespace,
@@ -239,10 +252,11 @@ impl Objects for ApiService {
                 resource_version,
             }))
             .await?;
-        Ok(Response::new(pb::DeleteResponse {
+        let response = pb::DeleteResponse {
             object: Some((*applied.object).clone()),
             revision: applied.revision,
-        }))
+        };
+        Ok(respond(response, leader))
     }
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;

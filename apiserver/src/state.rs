@@ -17,7 +17,9 @@ use berth_proto::pb;
 use berth_proto::selector::Selector;
 use raft::eraftpb::ConfState;
 
-pub type ObjectMap = imbl::OrdMap<ObjectKey, Arc<pb::Object>>;
+/// Keys are shared (`Arc`) because the persistent map copies the path to
+/// every changed entry, keys included: a key copy must not allocate.
+pub type ObjectMap = imbl::OrdMap<Arc<ObjectKey>, Arc<pb::Object>>;
 
 #[derive(Clone, Default)]
 pub struct Snapshot {
@@ -132,7 +134,7 @@ pub fn scan<'a>(
 ) -> impl Iterator<Item = &'a Arc<pb::Object>> + 'a {
     let start = ObjectKey::new(kind, namespace.unwrap_or(""), "");
     objects
-        .range((Bound::Included(start), Bound::Unbounded))
+        .range::<_, ObjectKey>((Bound::Included(start), Bound::Unbounded))
         .take_while(move |(key, _)| {
             key.kind == kind && namespace.is_none_or(|ns| key.namespace == ns)
         })

@@ -8,15 +8,19 @@
 //! at apply time, because only here is the state it is checked against final.
 //!
 //! A rejected or no-op command changes nothing but the applied index. A
-//! command that changes something adds its objects, a history record (for
-//! watches) and the new revision to the caller's storage batch; the raft
-//! driver writes the batch of a whole group of entries at once.
+//! command that changes something returns a history record (for watches).
+//!
+//! Applying writes nothing to disk: the raft log already holds every command
+//! durably. The state reaches disk in checkpoints ([`StateMachine::checkpoint`]:
+//! the objects changed since the last one, and the index they are current
+//! at); after a restart, raft replays the log from that index. This keeps
+//! the per-write cost of the store to the log append alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use berth_proto::internal::{
-    ApplyOp, Change, Command, DeleteOp, HistoryRecord, UpdateStatusOp, command::Op,
+    ApplyOp, Change, Command, DeleteOp, HistoryRecord, StateSegment, UpdateStatusOp, command::Op,
 };
 use berth_proto::object::ObjectKey;
 use berth_proto::pb::{self, object::Kind as Body};
@@ -57,6 +61,47 @@ pub struct StateMachine {
     /// The last log index applied, whether it changed anything or not.
     applied: u64,
     membership: Arc<Membership>,
+    /// Objects changed since the last checkpoint.
+    dirty: HashSet<Arc<ObjectKey>>,
+}
+
+/// The state machine's changes since the previous checkpoint.
+pub struct Checkpoint {
+    pub applied: u64,
+    pub revision: u64,
+    pub members: berth_proto::internal::Members,
+    objects: ObjectMap,
+    dirty: Vec<Arc<ObjectKey>>,
+}
+
+impl Checkpoint {
+    /// The objects to store: all of them (`full`), or what changed.
+    pub fn segment(&self, full: bool) -> StateSegment {
+        let mut segment = StateSegment {
+            full,
+            ..Default::default()
+        };
+        if full {
+            segment.puts = self.objects.values().map(|o| (**o).clone()).collect();
+            return segment;
+        }
+        for key in &self.dirty {
+            match self.objects.get(&**key) {
+                Some(object) => segment.puts.push((**object).clone()),
+                None => segment.deletes.push(crate::storage::deleted(key)),
+            }
+        }
+        segment
+    }
+
+    /// Adds the checkpoint to `batch`, which must be written atomically: a
+    /// partial checkpoint would match no log index.
+    pub fn write_to(&self, segment: &StateSegment, batch: &mut WriteBatch) {
+        batch.put_segment(self.applied, segment);
+        batch.put_revision(self.revision);
+        batch.put_applied(self.applied);
+        batch.put_members(&self.members);
+    }
 }
 
 /// What a command will change, computed before anything is written.
@@ -76,11 +121,12 @@ impl StateMachine {
             objects: loaded
                 .objects
                 .into_iter()
-                .map(|o| (o.key(), Arc::new(o)))
+                .map(|o| (Arc::new(o.key()), Arc::new(o)))
                 .collect(),
             revision: loaded.revision,
             applied: loaded.applied,
             membership: Arc::new(Membership::from_record(&loaded.members, conf_state)),
+            dirty: HashSet::new(),
         }
     }
 
@@ -112,16 +158,11 @@ impl StateMachine {
         }
     }
 
-    /// Applies `command`, the entry at `index`, adding its writes to `batch`.
-    /// The index counts as applied whatever the outcome: a rejected command
-    /// is a deterministic no-op on every replica.
-    pub fn apply(
-        &mut self,
-        index: u64,
-        command: &Command,
-        batch: &mut WriteBatch,
-    ) -> Result<Applied, ApiError> {
-        self.advance(index, batch);
+    /// Applies `command`, the entry at `index`. The index counts as applied
+    /// whatever the outcome: a rejected command is a deterministic no-op on
+    /// every replica.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApiError> {
+        self.advance(index);
         let plan = match &command.op {
             None => return Err(ApiError::InvalidArgument("empty command".into())),
             Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
@@ -141,14 +182,14 @@ impl StateMachine {
             changes: plan.changes,
         };
         for key in plan.deletes {
-            batch.delete_object(&key);
             self.objects.remove(&key);
+            self.dirty.insert(Arc::new(key));
         }
         for object in plan.puts {
-            batch.put_object(&object);
-            self.objects.insert(object.key(), object);
+            let key = Arc::new(object.key());
+            self.objects.insert(key.clone(), object);
+            self.dirty.insert(key);
         }
-        batch.put_revision(&record);
         self.revision = index;
         Ok(Applied {
             outcome: plan.outcome,
@@ -179,15 +220,29 @@ impl StateMachine {
     }
 
     /// Applies an entry that carries no command (a new leader's empty entry).
-    pub fn skip(&mut self, index: u64, batch: &mut WriteBatch) {
-        self.advance(index, batch);
+    pub fn skip(&mut self, index: u64) {
+        self.advance(index);
     }
 
-    /// Applies a membership change at `index`.
-    pub fn set_membership(&mut self, index: u64, membership: Membership, batch: &mut WriteBatch) {
-        self.advance(index, batch);
-        batch.put_members(&membership.to_record());
+    /// Applies a membership change at `index`. The caller checkpoints right
+    /// after, so that the stored member list always matches raft's stored
+    /// configuration.
+    pub fn set_membership(&mut self, index: u64, membership: Membership) {
+        self.advance(index);
         self.membership = Arc::new(membership);
+    }
+
+    /// What changed since the last checkpoint, and the index it is current
+    /// at — cheap to take (the objects are an immutable view), so that a
+    /// checkpoint can be written off the raft thread.
+    pub fn take_checkpoint(&mut self) -> Checkpoint {
+        Checkpoint {
+            applied: self.applied,
+            revision: self.revision,
+            members: self.membership.to_record(),
+            objects: self.objects.clone(),
+            dirty: self.dirty.drain().collect(),
+        }
     }
 
     /// Replaces everything with a leader's snapshot taken at `index`. The
@@ -200,14 +255,22 @@ impl StateMachine {
         membership: Membership,
         batch: &mut WriteBatch,
     ) {
-        self.objects = ObjectMap::new();
-        for object in objects {
-            batch.put_object(&object);
-            self.objects.insert(object.key(), Arc::new(object));
-        }
+        self.dirty.clear();
+        batch.put_segment(
+            index,
+            &StateSegment {
+                full: true,
+                puts: objects.clone(),
+                deletes: Vec::new(),
+            },
+        );
+        self.objects = objects
+            .into_iter()
+            .map(|o| (Arc::new(o.key()), Arc::new(o)))
+            .collect();
         self.revision = revision;
         self.applied = index;
-        batch.put_revision_number(revision);
+        batch.put_revision(revision);
         batch.put_applied(index);
         // The history before the snapshot is not part of it.
         batch.put_compacted(revision);
@@ -215,10 +278,9 @@ impl StateMachine {
         self.membership = Arc::new(membership);
     }
 
-    fn advance(&mut self, index: u64, batch: &mut WriteBatch) {
+    fn advance(&mut self, index: u64) {
         debug_assert!(index > self.applied, "index {index} applied twice");
         self.applied = index;
-        batch.put_applied(index);
     }
 
     fn plan_apply(&self, index: u64, time_ms: i64, op: &ApplyOp) -> Result<Plan, ApiError> {
@@ -674,17 +736,13 @@ mod tests {
 
         fn next(&mut self, op: Op) -> Result<Applied, ApiError> {
             let index = self.machine.applied() + 1;
-            let mut batch = WriteBatch::new();
-            let result = self.machine.apply(
+            self.machine.apply(
                 index,
                 &Command {
                     time_ms: 1_000 * index as i64,
                     op: Some(op),
                 },
-                &mut batch,
-            );
-            self.storage.write(batch).unwrap();
-            result
+            )
         }
 
         fn apply(&mut self, mut object: pb::Object) -> Result<Applied, ApiError> {
@@ -897,6 +955,10 @@ mod tests {
             f.apply(job("web", "default", 2, 100)).unwrap();
             f.delete(pb::Kind::Job, "default", "web").unwrap();
             f.apply(job("api", "default", 2, 100)).unwrap();
+            let mut batch = WriteBatch::new();
+            let checkpoint = f.machine.take_checkpoint();
+            checkpoint.write_to(&checkpoint.segment(true), &mut batch);
+            f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();
             f.machine.snapshot()
         };

@@ -15,18 +15,28 @@
 //! m:applied           u64 BE   the last log index applied to the state machine
 //! m:compacted         u64 BE   history at or below this revision is gone
 //! m:members                    berth.internal.v1.Members: member addresses
-//! o:<kind><ns>\0<name>         the object, prost-encoded berth.v1.Object
-//! h:<revision u64 BE>          berth.internal.v1.HistoryRecord
+//! s:<applied u64 BE>           berth.internal.v1.StateSegment: the objects
+//!                              of a checkpoint (all, or what changed)
+//! h:<revision u64 BE>          berth.internal.v1.HistoryGroup: the records
+//!                              written together, keyed by the last revision
 //! r:hs                         raft HardState (term, vote, commit)
 //! r:cs                         raft ConfState as of m:applied
 //! r:start             2 x u64  index and term of the last entry compacted away
-//! r:e:<index u64 BE>           raft Entry
+//! r:g:<index u64 BE>           berth.internal.v1.EntryGroup: raft entries
+//!                              appended together, keyed by the first index
 //! ```
 //!
-//! Writes go in atomic [`WriteBatch`]es. sled recovers a prefix of the batches
-//! after a crash, so writing the log's batch before the state machine's batch
-//! means no applied state can survive without the commit index covering it.
-//! Batches become durable at the next [`Storage::flush`]: sled's own flush
+//! sled's cost is per key written, so the log and the history are written a
+//! group per raft Ready, not a key per entry, and the objects a segment per
+//! checkpoint, not a key per object.
+//!
+//! Writes are grouped in [`WriteBatch`]es. sled's log recovers a prefix of the
+//! writes after a crash, so order does the work of atomicity for the hot
+//! path: [`Storage::write`] writes a batch's keys in order (an applied index
+//! last), buffered until the next flush. sled would make each atomic batch a
+//! synchronous write of its own, so [`Storage::write_atomic`] is kept for the
+//! rare changes that must be all-or-nothing (snapshot installs, compactions).
+//! Writes become durable at the next [`Storage::flush`]: sled's own flush
 //! writes with `sync_file_range`, which flushes neither the disk's write cache
 //! nor the file's metadata, so `flush` adds an `fdatasync` of sled's log file —
 //! an acknowledged write survives power loss, not only a crash of the process.
@@ -34,7 +44,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_proto::internal::{HistoryRecord, Members};
+use std::collections::BTreeMap;
+
+use berth_proto::internal::{
+    DeletedObject, EntryGroup, HistoryGroup, HistoryRecord, Members, StateSegment,
+};
 use berth_proto::object::ObjectKey;
 use berth_proto::pb;
 use prost::Message as _;
@@ -50,9 +64,9 @@ const KEY_MEMBERS: &[u8] = b"m:members";
 const KEY_HARD_STATE: &[u8] = b"r:hs";
 const KEY_CONF_STATE: &[u8] = b"r:cs";
 const KEY_LOG_START: &[u8] = b"r:start";
-const PREFIX_OBJECT: &[u8] = b"o:";
+const PREFIX_SEGMENT: &[u8] = b"s:";
 const PREFIX_HISTORY: &[u8] = b"h:";
-const PREFIX_ENTRY: &[u8] = b"r:e:";
+const PREFIX_ENTRY_GROUP: &[u8] = b"r:g:";
 
 /// sled's page cache. The apiserver keeps every object decoded in memory
 /// anyway (see `state`), so sled's cache mostly absorbs writes and log reads.
@@ -100,13 +114,16 @@ pub struct LoadedLog {
     pub start: (u64, u64),
     /// Terms of the entries after `start`, in order.
     pub terms: Vec<u64>,
+    /// The stored entry groups: first index → last index.
+    pub groups: BTreeMap<u64, u64>,
 }
 
-/// Writes applied atomically by [`Storage::write`]. A later write of a key in
-/// the batch replaces an earlier one.
+/// Writes, in order. A later write of a key replaces an earlier one. The
+/// small bookkeeping keys (applied index, revision, raft hard state, …),
+/// which every entry of a batch may set, are written once, after the rest.
 pub struct WriteBatch {
-    batch: sled::Batch,
-    empty: bool,
+    ops: Vec<(sled::IVec, Option<sled::IVec>)>,
+    meta: BTreeMap<&'static [u8], Vec<u8>>,
 }
 
 impl Default for WriteBatch {
@@ -118,76 +135,97 @@ impl Default for WriteBatch {
 impl WriteBatch {
     pub fn new() -> WriteBatch {
         WriteBatch {
-            batch: sled::Batch::default(),
-            empty: true,
+            ops: Vec::new(),
+            meta: BTreeMap::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.empty
+        self.ops.is_empty() && self.meta.is_empty()
     }
 
     fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
-        self.empty = false;
-        self.batch.insert(key, value);
+        self.ops.push((key.into(), Some(value.into())));
     }
 
     fn remove(&mut self, key: impl Into<sled::IVec>) {
-        self.empty = false;
-        self.batch.remove(key);
+        self.ops.push((key.into(), None));
     }
 
-    pub fn put_object(&mut self, object: &pb::Object) {
-        self.insert(object_key_bytes(&object.key()), object.encode_to_vec());
+    fn set(&mut self, key: &'static [u8], value: Vec<u8>) {
+        self.meta.insert(key, value);
     }
 
-    pub fn delete_object(&mut self, key: &ObjectKey) {
-        self.remove(object_key_bytes(key));
+    /// All writes in order, bookkeeping last.
+    fn into_ops(self) -> impl Iterator<Item = (sled::IVec, Option<sled::IVec>)> {
+        self.ops.into_iter().chain(
+            self.meta
+                .into_iter()
+                .map(|(k, v)| (sled::IVec::from(k), Some(sled::IVec::from(v)))),
+        )
     }
 
-    /// Records a revision's changes and makes it the store's revision.
-    pub fn put_revision(&mut self, record: &HistoryRecord) {
-        self.insert(
-            history_key(record.revision).to_vec(),
-            record.encode_to_vec(),
-        );
-        self.insert(KEY_REVISION, &record.revision.to_be_bytes());
+    /// Stores a checkpoint's objects as the segment at `applied`.
+    pub fn put_segment(&mut self, applied: u64, segment: &StateSegment) {
+        self.insert(segment_key(applied).to_vec(), segment.encode_to_vec());
     }
 
-    /// Sets the revision without a history record (a snapshot's).
-    pub fn put_revision_number(&mut self, revision: u64) {
-        self.insert(KEY_REVISION, &revision.to_be_bytes());
+    /// Stores history records written together (in revision order).
+    pub fn put_history(&mut self, records: &[std::sync::Arc<HistoryRecord>]) {
+        let Some(last) = records.last() else {
+            return;
+        };
+        // Encoded as a HistoryGroup field by field, so the records need not
+        // be copied into an owned message first.
+        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 6).sum());
+        for record in records {
+            prost::encoding::message::encode(1, &**record, &mut bytes);
+        }
+        self.insert(history_key(last.revision).to_vec(), bytes);
+    }
+
+    pub fn put_revision(&mut self, revision: u64) {
+        self.set(KEY_REVISION, revision.to_be_bytes().to_vec());
     }
 
     pub fn put_applied(&mut self, index: u64) {
-        self.insert(KEY_APPLIED, &index.to_be_bytes());
+        self.set(KEY_APPLIED, index.to_be_bytes().to_vec());
     }
 
     pub fn put_compacted(&mut self, revision: u64) {
-        self.insert(KEY_COMPACTED, &revision.to_be_bytes());
+        self.set(KEY_COMPACTED, revision.to_be_bytes().to_vec());
     }
 
     pub fn put_members(&mut self, members: &Members) {
-        self.insert(KEY_MEMBERS, members.encode_to_vec());
+        self.set(KEY_MEMBERS, members.encode_to_vec());
     }
 
-    pub fn put_entry(&mut self, entry: &Entry) -> Result<(), StorageError> {
-        let bytes = entry.write_to_bytes().map_err(|e| {
-            StorageError::Corrupt(format!("cannot encode entry {}: {e}", entry.index))
-        })?;
-        self.insert(entry_key(entry.index).to_vec(), bytes);
+    /// Stores consecutive raft entries as one group, under the first index.
+    pub fn put_entries(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let mut group = EntryGroup {
+            entries: Vec::with_capacity(entries.len()),
+        };
+        for entry in entries {
+            group.entries.push(entry.write_to_bytes().map_err(|e| {
+                StorageError::Corrupt(format!("cannot encode entry {}: {e}", entry.index))
+            })?);
+        }
+        self.insert(entry_group_key(first.index).to_vec(), group.encode_to_vec());
         Ok(())
     }
 
-    pub fn delete_entry(&mut self, index: u64) {
-        self.remove(entry_key(index).to_vec());
+    pub fn delete_entry_group(&mut self, first: u64) {
+        self.remove(entry_group_key(first).to_vec());
     }
 
     pub fn put_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
         let bytes = hs
             .write_to_bytes()
             .map_err(|e| StorageError::Corrupt(format!("cannot encode the hard state: {e}")))?;
-        self.insert(KEY_HARD_STATE, bytes);
+        self.set(KEY_HARD_STATE, bytes);
         Ok(())
     }
 
@@ -195,15 +233,15 @@ impl WriteBatch {
         let bytes = cs
             .write_to_bytes()
             .map_err(|e| StorageError::Corrupt(format!("cannot encode the conf state: {e}")))?;
-        self.insert(KEY_CONF_STATE, bytes);
+        self.set(KEY_CONF_STATE, bytes);
         Ok(())
     }
 
     pub fn put_log_start(&mut self, index: u64, term: u64) {
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&index.to_be_bytes());
-        value[8..].copy_from_slice(&term.to_be_bytes());
-        self.insert(KEY_LOG_START, &value);
+        let mut value = Vec::with_capacity(16);
+        value.extend_from_slice(&index.to_be_bytes());
+        value.extend_from_slice(&term.to_be_bytes());
+        self.set(KEY_LOG_START, value);
     }
 }
 
@@ -284,21 +322,28 @@ impl Storage {
                 StorageError::Corrupt(format!("the member list does not decode: {e}"))
             })?,
         };
-        let mut objects = Vec::new();
-        for item in self.db.scan_prefix(PREFIX_OBJECT) {
+        let mut state: BTreeMap<ObjectKey, pb::Object> = BTreeMap::new();
+        for item in self.db.scan_prefix(PREFIX_SEGMENT) {
             let (key, value) = item?;
-            let object = pb::Object::decode(value.as_ref()).map_err(|e| {
+            let segment = StateSegment::decode(value.as_ref()).map_err(|e| {
                 StorageError::Corrupt(format!(
-                    "object at key {:?} does not decode: {e}",
+                    "state segment {:?} does not decode: {e}",
                     String::from_utf8_lossy(&key)
                 ))
             })?;
-            if object_key_bytes(&object.key()) != key.as_ref() {
-                return Err(StorageError::Corrupt(format!(
-                    "object {} is stored under the wrong key",
-                    object.key()
-                )));
+            if segment.full {
+                state.clear();
             }
+            for deleted in segment.deletes {
+                let kind = pb::Kind::try_from(deleted.kind).unwrap_or(pb::Kind::Unspecified);
+                state.remove(&ObjectKey::new(kind, deleted.namespace, deleted.name));
+            }
+            for object in segment.puts {
+                state.insert(object.key(), object);
+            }
+        }
+        let objects: Vec<pb::Object> = state.into_values().collect();
+        for object in &objects {
             if object.resource_version() > revision {
                 return Err(StorageError::Corrupt(format!(
                     "object {} has revision {} beyond the store's revision {revision}",
@@ -306,7 +351,6 @@ impl Storage {
                     object.resource_version()
                 )));
             }
-            objects.push(object);
         }
         if revision > applied {
             return Err(StorageError::Corrupt(format!(
@@ -351,68 +395,57 @@ impl Storage {
             }
         };
         let mut terms = Vec::new();
+        let mut groups = BTreeMap::new();
         let mut expected = start.0 + 1;
-        for item in self.db.scan_prefix(PREFIX_ENTRY) {
+        for item in self.db.scan_prefix(PREFIX_ENTRY_GROUP) {
             let (_, value) = item?;
-            let entry = decode_entry(&value)?;
-            if entry.index < expected {
-                // Left behind by a compaction that a crash cut short.
+            let entries = decode_group(&value)?;
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            if last.index < expected {
+                // Wholly compacted; left by a compaction a crash cut short.
                 continue;
             }
-            if entry.index != expected {
-                return Err(StorageError::Corrupt(format!(
-                    "the raft log has a hole: entry {} follows entry {}",
-                    entry.index,
-                    expected - 1
-                )));
+            for entry in &entries {
+                if entry.index < expected {
+                    continue;
+                }
+                if entry.index != expected {
+                    return Err(StorageError::Corrupt(format!(
+                        "the raft log has a hole: entry {} follows entry {}",
+                        entry.index,
+                        expected - 1
+                    )));
+                }
+                terms.push(entry.term);
+                expected += 1;
             }
-            terms.push(entry.term);
-            expected += 1;
+            groups.insert(first.index, last.index);
         }
         Ok(LoadedLog {
             hard_state,
             conf_state,
             start,
             terms,
+            groups,
         })
     }
 
-    /// Log entries with indexes in `[low, high)`, stopping once `max_bytes`
-    /// is exceeded (at least one entry is returned).
-    pub fn read_entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
-        let mut size = 0u64;
-        for item in self
-            .db
-            .range(entry_key(low).to_vec()..entry_key(high).to_vec())
-        {
-            let (_, value) = item?;
-            size += value.len() as u64;
-            if !entries.is_empty() && size > max_bytes {
-                break;
-            }
-            let entry = decode_entry(&value)?;
-            if entry.index != low + entries.len() as u64 {
-                return Err(StorageError::Corrupt(format!(
-                    "expected raft entry {}, found {}",
-                    low + entries.len() as u64,
-                    entry.index
-                )));
-            }
-            entries.push(entry);
+    /// The entries of the group stored under `first`.
+    pub fn read_group(&self, first: u64) -> Result<Vec<Entry>, StorageError> {
+        match self.db.get(entry_group_key(first))? {
+            Some(value) => decode_group(&value),
+            None => Err(StorageError::Corrupt(format!(
+                "the raft entry group at {first} is missing"
+            ))),
         }
-        Ok(entries)
     }
 
     /// Adds to `batch` the removal of every object, history record and log
     /// entry: the state a snapshot replaces.
     pub fn clear_all(&self, batch: &mut WriteBatch) -> Result<(), StorageError> {
-        for prefix in [PREFIX_OBJECT, PREFIX_HISTORY, PREFIX_ENTRY] {
+        for prefix in [PREFIX_SEGMENT, PREFIX_HISTORY, PREFIX_ENTRY_GROUP] {
             for key in self.db.scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
@@ -420,11 +453,32 @@ impl Storage {
         Ok(())
     }
 
-    /// Applies a batch atomically. Not durable until [`Storage::flush`].
+    /// Writes a batch's keys in order. Not durable until [`Storage::flush`];
+    /// after a crash, a prefix of the writes survives.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        if !batch.empty {
-            self.db.apply_batch(batch.batch)?;
+        for (key, value) in batch.into_ops() {
+            match value {
+                Some(value) => self.db.insert(key, value)?,
+                None => self.db.remove(key)?,
+            };
         }
+        Ok(())
+    }
+
+    /// Writes a batch all-or-nothing (sled writes it out synchronously). Not
+    /// durable until [`Storage::flush`].
+    pub fn write_atomic(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut atomic = sled::Batch::default();
+        for (key, value) in batch.into_ops() {
+            match value {
+                Some(value) => atomic.insert(key, value),
+                None => atomic.remove(key),
+            }
+        }
+        self.db.apply_batch(atomic)?;
         Ok(())
     }
 
@@ -436,30 +490,62 @@ impl Storage {
         Ok(())
     }
 
-    /// Up to `limit` history records with a revision above `after`, in order.
+    /// Up to about `limit` history records with a revision above `after`,
+    /// in order.
     pub fn history_after(
         &self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<HistoryRecord>, StorageError> {
+        // Groups are keyed by their last revision: the first group that can
+        // hold revision `after + 1` is the first key at or above it.
         let start = history_key(after.saturating_add(1));
         let mut records = Vec::new();
-        for item in self.db.range(start.as_slice()..).take(limit) {
+        for item in self.db.range(start.as_slice()..) {
             let (key, value) = item?;
-            if !key.starts_with(PREFIX_HISTORY) {
+            if !key.starts_with(PREFIX_HISTORY) || records.len() >= limit {
                 break;
             }
-            let record = HistoryRecord::decode(value.as_ref()).map_err(|e| {
-                StorageError::Corrupt(format!("history record does not decode: {e}"))
-            })?;
-            records.push(record);
+            let group = HistoryGroup::decode(value.as_ref())
+                .map_err(|e| StorageError::Corrupt(format!("history does not decode: {e}")))?;
+            records.extend(group.records.into_iter().filter(|r| r.revision > after));
         }
         Ok(records)
     }
 
-    /// Deletes history up to and including `upto`. The caller publishes the
-    /// new compacted revision *before* calling, so that a concurrent reader
-    /// notices that what it read may have a hole.
+    /// Adds to `batch` the removal of every state segment before `applied`
+    /// (a full segment at `applied` replaces them).
+    pub fn drop_segments_before(
+        &self,
+        applied: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageError> {
+        for key in self
+            .db
+            .range(segment_key(0).as_slice()..segment_key(applied).as_slice())
+            .keys()
+        {
+            batch.remove(key?);
+        }
+        Ok(())
+    }
+
+    /// The revision of the last stored history record (0 if none).
+    pub fn last_history_revision(&self) -> Result<u64, StorageError> {
+        let last = self
+            .db
+            .range(history_key(0).as_slice()..=history_key(u64::MAX).as_slice())
+            .next_back()
+            .transpose()?;
+        match last {
+            Some((key, _)) => decode_u64(&key[PREFIX_HISTORY.len()..], "a history key"),
+            None => Ok(0),
+        }
+    }
+
+    /// Deletes the history groups that end at or before `upto`. The caller
+    /// publishes the new compacted revision *before* calling, so that a
+    /// concurrent reader notices that what it read may have a hole.
     pub fn compact_history(&self, upto: u64) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         for key in self
@@ -470,7 +556,7 @@ impl Storage {
             batch.remove(key?);
         }
         batch.put_compacted(upto);
-        self.write(batch)
+        self.write_atomic(batch)
     }
 
     /// Bytes the store occupies on disk.
@@ -486,9 +572,17 @@ impl Storage {
     }
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    Entry::parse_from_bytes(bytes)
-        .map_err(|e| StorageError::Corrupt(format!("a raft entry does not decode: {e}")))
+fn decode_group(bytes: &[u8]) -> Result<Vec<Entry>, StorageError> {
+    let group = EntryGroup::decode(bytes)
+        .map_err(|e| StorageError::Corrupt(format!("a raft entry group does not decode: {e}")))?;
+    group
+        .entries
+        .iter()
+        .map(|b| {
+            Entry::parse_from_bytes(b)
+                .map_err(|e| StorageError::Corrupt(format!("a raft entry does not decode: {e}")))
+        })
+        .collect()
 }
 
 fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StorageError> {
@@ -505,21 +599,27 @@ fn history_key(revision: u64) -> [u8; 10] {
     key
 }
 
-fn entry_key(index: u64) -> [u8; 12] {
+fn entry_group_key(index: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
-    key[..4].copy_from_slice(PREFIX_ENTRY);
+    key[..4].copy_from_slice(PREFIX_ENTRY_GROUP);
     key[4..].copy_from_slice(&index.to_be_bytes());
     key
 }
 
-fn object_key_bytes(key: &ObjectKey) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(4 + key.namespace.len() + key.name.len());
-    bytes.extend_from_slice(PREFIX_OBJECT);
-    bytes.push(key.kind as u8);
-    bytes.extend_from_slice(key.namespace.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(key.name.as_bytes());
-    bytes
+fn segment_key(applied: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(PREFIX_SEGMENT);
+    key[2..].copy_from_slice(&applied.to_be_bytes());
+    key
+}
+
+/// A deleted object's key, as a segment stores it.
+pub fn deleted(key: &ObjectKey) -> DeletedObject {
+    DeletedObject {
+        kind: key.kind as i32,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -560,51 +660,60 @@ pub(crate) mod tests {
         {
             let storage = Storage::open(dir.path()).unwrap();
             let mut batch = WriteBatch::new();
+            let mut records = Vec::new();
+            let mut segment = StateSegment::default();
             for revision in 1..=3 {
                 let object = namespace(&format!("ns-{revision}"), revision);
-                batch.put_object(&object);
-                batch.put_revision(&HistoryRecord {
+                segment.puts.push(object.clone());
+                records.push(std::sync::Arc::new(HistoryRecord {
                     revision,
                     changes: vec![Change {
                         r#type: pb::WatchEventType::Added as i32,
                         object: Some(object.clone()),
                         prev: None,
                     }],
-                });
+                }));
+                batch.put_revision(revision);
                 batch.put_applied(revision);
-                let entry = Entry {
-                    index: revision,
+            }
+            batch.put_segment(3, &segment);
+            // A later delta deletes one of them.
+            batch.put_segment(
+                4,
+                &StateSegment {
+                    full: false,
+                    puts: vec![],
+                    deletes: vec![deleted(&namespace("ns-1", 1).key())],
+                },
+            );
+            batch.put_history(&records[..2]);
+            batch.put_history(&records[2..]);
+            let entries: Vec<Entry> = (1..=3)
+                .map(|index| Entry {
+                    index,
                     term: 1,
                     ..Default::default()
-                };
-                batch.put_entry(&entry).unwrap();
-            }
+                })
+                .collect();
+            batch.put_entries(&entries).unwrap();
             storage.write(batch).unwrap();
             storage.flush().unwrap();
         }
         let storage = reopen(dir.path());
         let loaded = storage.load().unwrap();
         assert_eq!((loaded.revision, loaded.applied), (3, 3));
-        assert_eq!(loaded.objects.len(), 3);
+        assert_eq!(loaded.objects.len(), 2);
         let log = storage.load_log().unwrap();
         assert_eq!(log.terms, vec![1, 1, 1]);
-        let entries = storage.read_entries(2, 4, u64::MAX).unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
-        assert_eq!(
-            storage.read_entries(1, 4, 1).unwrap().len(),
-            1,
-            "at least one entry"
-        );
+        assert_eq!(log.groups, BTreeMap::from([(1, 3)]));
+        assert_eq!(storage.read_group(1).unwrap().len(), 3);
         let history = storage.history_after(1, 10).unwrap();
         assert_eq!(
             history.iter().map(|r| r.revision).collect::<Vec<_>>(),
             vec![2, 3]
         );
         storage.compact_history(2).unwrap();
-        assert_eq!(storage.history_after(0, 10).unwrap().len(), 1);
+        assert_eq!(storage.history_after(2, 10).unwrap().len(), 1);
         assert_eq!(storage.load().unwrap().compacted, 2);
     }
 
@@ -613,14 +722,16 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
         let mut batch = WriteBatch::new();
-        for index in [1, 2, 4] {
-            batch
-                .put_entry(&Entry {
-                    index,
+        for group in [[1, 2], [4, 5]] {
+            let entries: Vec<Entry> = group
+                .iter()
+                .map(|index| Entry {
+                    index: *index,
                     term: 1,
                     ..Default::default()
                 })
-                .unwrap();
+                .collect();
+            batch.put_entries(&entries).unwrap();
         }
         storage.write(batch).unwrap();
         let err = storage.load_log().err().unwrap().to_string();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Code, Status};
+use tonic::{Code, Response, Status};
 
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::cluster_server::{Cluster, ClusterServer};
@@ -101,7 +101,8 @@ pub fn cluster_service<S: Cluster>(service: S) -> ClusterServer<S> {
 /// (an election is running, leadership is moving), as opposed to a server
 /// that cannot be reached at all.
 pub const RETRY_METADATA: &str = "berth-retry";
-/// Metadata naming the leader's address when a member could not forward.
+/// Metadata naming the leader's address: on an answer a member forwarded,
+/// and on an UNAVAILABLE answer when it could not forward.
 pub const LEADER_METADATA: &str = "berth-leader";
 
 /// How long a client keeps retrying while the cluster elects a leader.
@@ -163,29 +164,29 @@ impl BerthClient {
 
     /// Runs `call` with failover (see the type's documentation). Returns the
     /// first answer that is not UNAVAILABLE, or the last error.
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
         F: FnMut(ObjectsClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.with_channel(|channel| call(objects_client(channel)))
             .await
     }
 
     /// As [`BerthClient::call`], for the `Cluster` service.
-    pub async fn call_cluster<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    pub async fn call_cluster<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
         F: FnMut(ClusterClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.with_channel(|channel| call(ClusterClient::new(channel)))
             .await
     }
 
-    async fn with_channel<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    async fn with_channel<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
         F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let n = self.servers.len();
         let deadline = Instant::now() + self.retry_for;
@@ -217,7 +218,15 @@ impl BerthClient {
                         )));
                     }
                     result => {
-                        self.current.store(i, Ordering::Relaxed);
+                        // A member that forwarded the call names the leader:
+                        // go straight there next time.
+                        let leader = result
+                            .as_ref()
+                            .ok()
+                            .and_then(|r| r.metadata().get(LEADER_METADATA))
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|leader| self.servers.iter().position(|(s, _)| s == leader));
+                        self.current.store(leader.unwrap_or(i), Ordering::Relaxed);
                         return result;
                     }
                 }

@@ -91,7 +91,11 @@ impl ApiServer {
             .arg("--listen")
             .arg(&self.addr)
             .args(&self.args)
-            .env("BERTH_LOG", "warn")
+            // BERTH_TEST_LOG=debug shows the servers' own logs.
+            .env(
+                "BERTH_LOG",
+                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

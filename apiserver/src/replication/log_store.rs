@@ -38,6 +38,8 @@ pub struct LogStore {
     start_term: u64,
     /// Terms of entries `start_index + 1 ..= last_index`.
     terms: VecDeque<u64>,
+    /// Stored entry groups (first index → last index) holding the log.
+    groups: BTreeMap<u64, u64>,
     /// The newest entries, contiguous, ending at the last index.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
@@ -59,6 +61,7 @@ impl LogStore {
             start_index: log.start.0,
             start_term: log.start.1,
             terms: log.terms.into(),
+            groups: log.groups,
             cache: VecDeque::new(),
             cache_bytes: 0,
         }
@@ -93,7 +96,7 @@ impl LogStore {
             }
             .to_record(),
         );
-        storage.write(batch)?;
+        storage.write_atomic(batch)?;
         storage.flush()
     }
 
@@ -109,7 +112,8 @@ impl LogStore {
         self.start_index + self.terms.len() as u64
     }
 
-    /// Appends entries from a Ready, replacing any conflicting tail.
+    /// Appends entries from a Ready (stored as one group), replacing any
+    /// conflicting tail.
     pub fn append(
         &mut self,
         entries: &[Entry],
@@ -126,35 +130,52 @@ impl LogStore {
                 self.last_index()
             )));
         }
-        let old_last = self.last_index();
-        let new_last = first_index + entries.len() as u64 - 1;
-        // Drop the tail the new entries replace.
-        self.terms
-            .truncate((first_index - self.start_index - 1) as usize);
-        while self.cache.back().is_some_and(|e| e.index >= first_index) {
-            if let Some(e) = self.cache.pop_back() {
-                self.cache_bytes -= e.data.len();
-            }
+        if first_index <= self.last_index() {
+            self.truncate_from(first_index, batch)?;
         }
-        for index in (new_last + 1)..=old_last {
-            batch.delete_entry(index);
-        }
-        if self
-            .cache
-            .back()
-            .is_some_and(|e| e.index + 1 != first_index)
-        {
-            self.cache.clear();
-            self.cache_bytes = 0;
-        }
+        batch.put_entries(entries)?;
+        self.groups
+            .insert(first_index, first_index + entries.len() as u64 - 1);
         for entry in entries {
-            batch.put_entry(entry)?;
             self.terms.push_back(entry.term);
             self.cache_bytes += entry.data.len();
             self.cache.push_back(entry.clone());
         }
         while self.cache.len() > CACHE_ENTRIES || self.cache_bytes > CACHE_BYTES {
             if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops entries from `index` on: a new leader's entries replace them.
+    fn truncate_from(&mut self, index: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let doomed: Vec<u64> = self
+            .groups
+            .range(index..)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in doomed {
+            batch.delete_entry_group(first);
+            self.groups.remove(&first);
+        }
+        // A group straddling `index` keeps its head.
+        if let Some((&first, &last)) = self.groups.range(..index).next_back()
+            && last >= index
+        {
+            let head: Vec<Entry> = self
+                .storage
+                .read_group(first)?
+                .into_iter()
+                .filter(|e| e.index < index)
+                .collect();
+            batch.put_entries(&head)?;
+            self.groups.insert(first, index - 1);
+        }
+        self.terms.truncate((index - self.start_index - 1) as usize);
+        while self.cache.back().is_some_and(|e| e.index >= index) {
+            if let Some(e) = self.cache.pop_back() {
                 self.cache_bytes -= e.data.len();
             }
         }
@@ -177,17 +198,15 @@ impl LogStore {
         self.set_hard_state(hs, batch)
     }
 
-    pub fn set_conf_state(
-        &mut self,
-        cs: ConfState,
-        batch: &mut WriteBatch,
-    ) -> Result<(), StorageError> {
-        batch.put_conf_state(&cs)?;
+    /// The configuration raft applied; stored with the next checkpoint (it
+    /// must match the stored state machine's applied index).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
-        Ok(())
     }
 
     /// Drops entries up to and including `upto`, which must be applied.
+    /// Whole groups are deleted; a group straddling `upto` stays until a
+    /// later compaction passes its end.
     pub fn compact(&mut self, upto: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
         if upto <= self.start_index {
             return Ok(());
@@ -198,8 +217,15 @@ impl LogStore {
                 self.last_index()
             ))
         })?;
-        for index in self.first_index()..=upto {
-            batch.delete_entry(index);
+        let gone: Vec<u64> = self
+            .groups
+            .iter()
+            .take_while(|(_, last)| **last <= upto)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in gone {
+            batch.delete_entry_group(first);
+            self.groups.remove(&first);
         }
         batch.put_log_start(upto, term);
         self.terms.drain(..(upto - self.start_index) as usize);
@@ -223,6 +249,7 @@ impl LogStore {
         self.start_index = meta.index;
         self.start_term = meta.term;
         self.terms.clear();
+        self.groups.clear();
         self.cache.clear();
         self.cache_bytes = 0;
         batch.put_log_start(meta.index, meta.term);
@@ -230,7 +257,38 @@ impl LogStore {
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         self.set_hard_state(hs, batch)?;
-        self.set_conf_state(meta.get_conf_state().clone(), batch)
+        batch.put_conf_state(meta.get_conf_state())?;
+        self.set_conf_state(meta.get_conf_state().clone());
+        Ok(())
+    }
+
+    /// Entries `[low, high)` from the stored groups, up to about `max_bytes`.
+    fn read_stored(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0u64;
+        let start = self
+            .groups
+            .range(..=low)
+            .next_back()
+            .map_or(low, |(first, _)| *first);
+        for (&first, _) in self.groups.range(start..high) {
+            for entry in self.storage.read_group(first)? {
+                if entry.index < low || entry.index >= high {
+                    continue;
+                }
+                bytes += entry.data.len() as u64;
+                if !entries.is_empty() && bytes > max_bytes {
+                    return Ok(entries);
+                }
+                entries.push(entry);
+            }
+        }
+        if entries.first().is_some_and(|e| e.index != low) {
+            return Err(StorageError::Corrupt(format!(
+                "raft entry {low} is missing from its group"
+            )));
+        }
+        Ok(entries)
     }
 
     fn term_of(&self, index: u64) -> Option<u64> {
@@ -281,10 +339,7 @@ impl raft::Storage for LogStore {
                     .cloned()
                     .collect()
             }
-            _ => self
-                .storage
-                .read_entries(low, high, max_size)
-                .map_err(store_error)?,
+            _ => self.read_stored(low, high, max_size).map_err(store_error)?,
         };
         raft::util::limit_size(&mut entries, Some(max_size));
         Ok(entries)

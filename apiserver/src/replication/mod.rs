@@ -18,6 +18,7 @@
 //! [`Replica`] is what the rest of the apiserver sees: propose a command,
 //! confirm a read is current, change membership, report status.
 
+mod checkpoint;
 mod log_store;
 mod logger;
 mod node;
@@ -87,6 +88,11 @@ pub(crate) enum Input {
         to: u64,
         ok: bool,
     },
+    CheckpointDone {
+        epoch: u64,
+        applied: u64,
+        error: Option<String>,
+    },
     Shutdown,
 }
 
@@ -136,6 +142,8 @@ pub struct Replica {
     /// Addresses learned from peers' batches, for members not (yet) in the
     /// replicated member list.
     address_book: Arc<RwLock<HashMap<u64, String>>>,
+    /// The leader as the raft loop last saw it: id and address.
+    leader: Arc<RwLock<(u64, Option<String>)>>,
     fault_injection: bool,
 }
 
@@ -150,6 +158,7 @@ pub fn start(
     let shelf = Arc::new(SnapshotShelf::default());
     let blocked: Arc<RwLock<HashSet<u64>>> = Arc::default();
     let address_book: Arc<RwLock<HashMap<u64, String>>> = Arc::default();
+    let leader: Arc<RwLock<(u64, Option<String>)>> = Arc::default();
     let (inputs, receiver) = mpsc::channel();
     let transport = transport::Transport::new(
         settings.member_id,
@@ -171,6 +180,8 @@ pub fn start(
         shelf.clone(),
         transport,
         receiver,
+        inputs.clone(),
+        leader.clone(),
     )?;
     let thread = std::thread::Builder::new()
         .name("berth-raft".into())
@@ -183,6 +194,7 @@ pub fn start(
         blocked,
         peers: Arc::default(),
         address_book,
+        leader,
         fault_injection: settings.fault_injection,
     };
     Ok((replica, thread))
@@ -211,14 +223,24 @@ impl Replica {
     }
 
     /// Commits and applies `command`, forwarding it to the leader when this
-    /// member is not the leader.
-    pub async fn propose(&self, command: Command) -> Result<Applied, ApiError> {
-        match self.propose_here(command.clone()).await {
-            Err(ApiError::NotLeader {
-                leader_id,
-                leader_address: Some(address),
-            }) if leader_id != 0 => self.forward(leader_id, &address, command).await,
-            result => result,
+    /// member is not the leader. Returns the leader's address when forwarded,
+    /// so that the client can go there directly next time.
+    pub async fn propose(&self, command: Command) -> Result<(Applied, Option<String>), ApiError> {
+        let (leader_id, address) = self
+            .leader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match address {
+            Some(address) if leader_id != 0 && leader_id != self.member_id => {
+                let applied = self.forward(leader_id, &address, command).await?;
+                Ok((applied, Some(address)))
+            }
+            // This member leads (or no one does: the loop says so).
+            _ => self
+                .propose_here(command)
+                .await
+                .map(|applied| (applied, None)),
         }
     }
 

@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use berth_proto::internal::{
-    ApplyOp, Command, MemberChange as MemberChangeRecord, Proposal, command::Op,
-};
+use berth_proto::internal::{ApplyOp, Command, MemberChange as MemberChangeRecord, command::Op};
 use berth_proto::object::ObjectKey;
 use berth_proto::pb;
 use prost::Message as _;
@@ -36,6 +34,7 @@ use raft::eraftpb::{
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+use super::checkpoint::{self, Checkpointer};
 use super::log_store::LogStore;
 use super::snapshots::SnapshotShelf;
 use super::transport::Transport;
@@ -45,6 +44,24 @@ use crate::state::Membership;
 use crate::state_machine::{Applied, DEFAULT_NAMESPACE, StateMachine};
 use crate::storage::{Storage, StorageError, WriteBatch};
 use crate::watch::WatchHub;
+
+/// An entry's context: the proposing member and its request id.
+fn proposal_context(member: u64, request_id: u64) -> Vec<u8> {
+    let mut context = Vec::with_capacity(16);
+    context.extend_from_slice(&member.to_be_bytes());
+    context.extend_from_slice(&request_id.to_be_bytes());
+    context
+}
+
+fn parse_proposal_context(context: &[u8]) -> (u64, u64) {
+    match (context.get(..8), context.get(8..16)) {
+        (Some(member), Some(request)) => (
+            u64::from_be_bytes(member.try_into().unwrap_or_default()),
+            u64::from_be_bytes(request.try_into().unwrap_or_default()),
+        ),
+        _ => (0, 0),
+    }
+}
 
 /// Inputs handled per turn before the loop looks at the Ready.
 const MAX_INPUTS_PER_TURN: usize = 4096;
@@ -72,6 +89,8 @@ impl Reply {
 
 struct Pending {
     reply: Reply,
+    /// The command, kept by the proposer so that applying it needs no decode.
+    command: Option<Command>,
     /// The log index the entry was appended at.
     index: u64,
     deadline: Instant,
@@ -137,6 +156,16 @@ pub(crate) struct Node {
     failed: Option<String>,
     /// The term in which this member last proposed the default namespace.
     bootstrapped_in_term: u64,
+    /// The applied index the stored state machine is current at.
+    checkpointed: u64,
+    /// A membership change asks for a checkpoint at the end of the turn.
+    checkpoint_due: bool,
+    checkpoint_running: bool,
+    checkpointer: Checkpointer,
+    /// Shared with the Replica: who leads, so writes go straight there.
+    leader: Arc<std::sync::RwLock<(u64, Option<String>)>>,
+    /// The last revision whose history record is stored.
+    history_stored: u64,
 }
 
 impl Node {
@@ -150,6 +179,8 @@ impl Node {
         shelf: Arc<SnapshotShelf>,
         transport: Transport,
         inputs: Receiver<Input>,
+        inputs_sender: std::sync::mpsc::Sender<Input>,
+        leader: Arc<std::sync::RwLock<(u64, Option<String>)>>,
     ) -> anyhow::Result<Node> {
         let config = raft::Config {
             id: settings.member_id,
@@ -165,6 +196,9 @@ impl Node {
         };
         config.validate()?;
         let raw = RawNode::new(&config, log, &super::logger::logger(settings.member_id))?;
+        let machine_applied = machine.applied();
+        let checkpointer = Checkpointer::start(storage.clone(), inputs_sender)?;
+        let history_stored = storage.last_history_revision()?;
         Ok(Node {
             id: settings.member_id,
             raw,
@@ -184,6 +218,12 @@ impl Node {
             next_read: 1,
             failed: None,
             bootstrapped_in_term: 0,
+            checkpointed: machine_applied,
+            checkpoint_due: false,
+            checkpoint_running: false,
+            checkpointer,
+            leader,
+            history_stored,
         })
     }
 
@@ -230,6 +270,12 @@ impl Node {
     }
 
     fn stop(mut self) {
+        if self.failed.is_none() {
+            // A clean stop leaves nothing to replay.
+            if let Err(e) = self.checkpoint_now() {
+                tracing::warn!(member = self.id, error = %e, "final checkpoint failed; the log will be replayed");
+            }
+        }
         for (_, pending) in self.pending.drain() {
             pending.reply.fail(ApiError::ShuttingDown);
         }
@@ -311,6 +357,11 @@ impl Node {
                 };
                 self.raw.report_snapshot(to, status);
             }
+            Input::CheckpointDone {
+                epoch,
+                applied,
+                error,
+            } => self.checkpoint_done(epoch, applied, error),
             Input::Shutdown => {}
         }
     }
@@ -321,6 +372,7 @@ impl Node {
             request_id,
             Pending {
                 reply,
+                command: None,
                 index,
                 deadline: Instant::now() + self.settings.proposal_timeout,
             },
@@ -367,14 +419,19 @@ impl Node {
         }
         let request_id = self.next_request;
         self.next_request += 1;
-        let data = Proposal {
-            proposer: self.id,
-            request_id,
-            command: Some(command),
-        }
-        .encode_to_vec();
-        match self.raw.propose(Vec::new(), data) {
-            Ok(()) => self.track(request_id, reply),
+        // Who proposed it travels in the entry's context, the command in its
+        // data: the proposer applies the command it kept, without decoding.
+        let data = command.encode_to_vec();
+        match self
+            .raw
+            .propose(proposal_context(self.id, request_id), data)
+        {
+            Ok(()) => {
+                self.track(request_id, reply);
+                if let Some(pending) = self.pending.get_mut(&request_id) {
+                    pending.command = Some(command);
+                }
+            }
             Err(raft::Error::ProposalDropped) => reply.fail(self.not_leader()),
             Err(e) => reply.fail(ApiError::Unavailable(format!(
                 "the proposal was refused: {e}"
@@ -528,6 +585,13 @@ impl Node {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        tracing::trace!(
+            member = self.id,
+            entries = ready.entries().len(),
+            committed = ready.committed_entries().len(),
+            messages = ready.messages().len(),
+            "ready"
+        );
         self.transport.send(ready.take_messages());
 
         if !ready.snapshot().is_empty() {
@@ -551,12 +615,9 @@ impl Node {
         let mut batch = WriteBatch::new();
         let mut records = Vec::new();
         let mut answers = Vec::new();
-        self.apply(
-            ready.take_committed_entries(),
-            &mut batch,
-            &mut records,
-            &mut answers,
-        )?;
+        self.apply(ready.take_committed_entries(), &mut records, &mut answers)?;
+        self.store_history(&records, &mut batch);
+        let stored = records.len();
         self.storage.write(batch)?;
         if ready.must_sync() {
             self.storage.flush()?;
@@ -570,12 +631,8 @@ impl Node {
             self.raw.mut_store().set_commit(commit, &mut batch)?;
         }
         self.transport.send(light.take_messages());
-        self.apply(
-            light.take_committed_entries(),
-            &mut batch,
-            &mut records,
-            &mut answers,
-        )?;
+        self.apply(light.take_committed_entries(), &mut records, &mut answers)?;
+        self.store_history(&records[stored..], &mut batch);
         // These writes are already safe in the log; flushing them too means
         // the store is quiet once writers hear back (nothing left to settle).
         let settle = !batch.is_empty();
@@ -623,6 +680,8 @@ impl Node {
         for (_, command, reply) in ready {
             self.decide(*command, reply);
         }
+        self.share_leader();
+        self.checkpoint();
         self.compact_log()?;
         self.compact_history();
         self.ensure_default_namespace();
@@ -648,7 +707,6 @@ impl Node {
     fn apply(
         &mut self,
         entries: Vec<Entry>,
-        batch: &mut WriteBatch,
         records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>,
         answers: &mut Vec<(Reply, Result<Applied, ApiError>)>,
     ) -> Result<(), StorageError> {
@@ -658,37 +716,40 @@ impl Node {
                 continue;
             }
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => self.machine.skip(index, batch),
-                EntryType::EntryNormal => match Proposal::decode(entry.data.as_ref()) {
-                    Ok(Proposal {
-                        proposer,
-                        request_id,
-                        command: Some(command),
-                    }) => {
-                        let result = self.machine.apply(index, &command, batch);
-                        if let Ok(Applied {
-                            record: Some(record),
-                            ..
-                        }) = &result
-                        {
-                            records.push(record.clone());
-                        }
-                        if proposer == self.id
-                            && let Some(pending) = self.pending.remove(&request_id)
-                        {
-                            self.by_index.remove(&pending.index);
-                            answers.push((pending.reply, result));
-                        }
-                    }
-                    Ok(_) | Err(_) => {
+                EntryType::EntryNormal if entry.data.is_empty() => self.machine.skip(index),
+                EntryType::EntryNormal => {
+                    let (proposer, request_id) = parse_proposal_context(&entry.context);
+                    let mut mine = if proposer == self.id {
+                        self.pending.remove(&request_id)
+                    } else {
+                        None
+                    };
+                    let command = match mine.as_mut().and_then(|p| p.command.take()) {
+                        Some(command) => Some(command),
+                        None => Command::decode(entry.data.as_ref()).ok(),
+                    };
+                    let Some(command) = command else {
                         tracing::error!(
                             member = self.id,
                             index,
                             "an entry does not decode; skipped"
                         );
-                        self.machine.skip(index, batch);
+                        self.machine.skip(index);
+                        continue;
+                    };
+                    let result = self.machine.apply(index, &command);
+                    if let Ok(Applied {
+                        record: Some(record),
+                        ..
+                    }) = &result
+                    {
+                        records.push(record.clone());
                     }
-                },
+                    if let Some(pending) = mine {
+                        self.by_index.remove(&pending.index);
+                        answers.push((pending.reply, result));
+                    }
+                }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
                         StorageError::Corrupt(format!(
@@ -705,7 +766,7 @@ impl Node {
                         .into(),
                         ..Default::default()
                     };
-                    self.apply_conf_change(index, &v2, &[], batch)?;
+                    self.apply_conf_change(index, &v2, &[])?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| {
@@ -715,7 +776,7 @@ impl Node {
                     })?;
                     let context =
                         MemberChangeRecord::decode(entry.context.as_ref()).unwrap_or_default();
-                    self.apply_conf_change(index, &cc, &context.add, batch)?;
+                    self.apply_conf_change(index, &cc, &context.add)?;
                     if context.proposer == self.id
                         && let Some(pending) = self.pending.remove(&context.request_id)
                     {
@@ -758,13 +819,12 @@ impl Node {
         index: u64,
         cc: &ConfChangeV2,
         added: &[pb::Member],
-        batch: &mut WriteBatch,
     ) -> Result<(), StorageError> {
         let conf_state = match self.raw.apply_conf_change(cc) {
             Ok(cs) => cs,
             Err(e) => {
                 tracing::warn!(member = self.id, index, error = %e, "membership change not applied");
-                self.machine.skip(index, batch);
+                self.machine.skip(index);
                 return Ok(());
             }
         };
@@ -792,8 +852,10 @@ impl Node {
             learners = ?conf_state.learners,
             "membership changed"
         );
-        self.raw.mut_store().set_conf_state(conf_state, batch)?;
-        self.machine.set_membership(index, membership, batch);
+        self.raw.mut_store().set_conf_state(conf_state);
+        self.machine.set_membership(index, membership);
+        // The stored member list and raft configuration change together.
+        self.checkpoint_due = true;
         Ok(())
     }
 
@@ -805,6 +867,9 @@ impl Node {
                 meta.index
             )));
         };
+        // No checkpoint of the old state may land after this.
+        let _exclusive = self.checkpointer.exclusive();
+        self.checkpoint_running = false;
         let mut batch = WriteBatch::new();
         self.storage.clear_all(&mut batch)?;
         self.raw.mut_store().install_snapshot(meta, &mut batch)?;
@@ -830,8 +895,80 @@ impl Node {
         Ok(())
     }
 
-    /// Drops applied entries once the log is longer than the threshold,
-    /// keeping half of it so that followers a little behind need no snapshot.
+    /// Publishes who leads, when it changed.
+    fn share_leader(&self) {
+        let id = self.raw.raft.leader_id;
+        let address = self.machine.membership().address(id).map(str::to_string);
+        let known = self
+            .leader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if known.0 != id || known.1 != address {
+            *self.leader.write().unwrap_or_else(|e| e.into_inner()) = (id, address);
+        }
+    }
+
+    /// Stores the history records of a batch, except those already stored
+    /// (a restart replays entries whose records were written before).
+    fn store_history(
+        &mut self,
+        records: &[Arc<berth_proto::internal::HistoryRecord>],
+        batch: &mut WriteBatch,
+    ) {
+        let new = records.partition_point(|r| r.revision <= self.history_stored);
+        if let Some(last) = records[new..].last() {
+            batch.put_history(&records[new..]);
+            self.history_stored = last.revision;
+        }
+    }
+
+    /// Writes the state machine's changes to disk every half threshold of
+    /// entries (and after a membership change), so that the log before it
+    /// can be dropped and a restart replays at most about a threshold.
+    fn checkpoint(&mut self) {
+        let interval = (self.settings.snapshot_threshold / 2).max(1);
+        let due = self.checkpoint_due || self.machine.applied() >= self.checkpointed + interval;
+        if !due || self.checkpoint_running {
+            return;
+        }
+        let checkpoint = self.machine.take_checkpoint();
+        self.checkpointer
+            .submit(checkpoint, self.raw.store().conf_state().clone());
+        self.checkpoint_running = true;
+        self.checkpoint_due = false;
+    }
+
+    fn checkpoint_done(&mut self, epoch: u64, applied: u64, error: Option<String>) {
+        if epoch != self.checkpointer.epoch() {
+            return; // overtaken by a snapshot install
+        }
+        self.checkpoint_running = false;
+        match error {
+            None => {
+                self.checkpointed = self.checkpointed.max(applied);
+                tracing::debug!(member = self.id, applied, "state checkpointed");
+            }
+            Some(reason) => self.fail(StorageError::Corrupt(format!(
+                "a checkpoint failed: {reason}"
+            ))),
+        }
+    }
+
+    /// A checkpoint written here and now (when stopping cleanly).
+    fn checkpoint_now(&mut self) -> Result<(), StorageError> {
+        let _exclusive = self.checkpointer.exclusive();
+        let job = checkpoint::Job {
+            epoch: 0,
+            checkpoint: self.machine.take_checkpoint(),
+            conf_state: self.raw.store().conf_state().clone(),
+        };
+        checkpoint::write(&self.storage, &job)
+    }
+
+    /// Drops entries once the log is longer than the threshold, keeping half
+    /// of it (so that followers a little behind need no snapshot) and every
+    /// entry after the last checkpoint (a restart replays them).
     fn compact_log(&mut self) -> Result<(), StorageError> {
         let store = self.raw.store();
         let length = store.last_index().saturating_sub(store.first_index()) + 1;
@@ -841,13 +978,14 @@ impl Node {
         let upto = self
             .machine
             .applied()
-            .saturating_sub(self.settings.snapshot_threshold / 2);
+            .saturating_sub(self.settings.snapshot_threshold / 2)
+            .min(self.checkpointed);
         if upto < store.first_index() {
             return Ok(());
         }
         let mut batch = WriteBatch::new();
         self.raw.mut_store().compact(upto, &mut batch)?;
-        self.storage.write(batch)?;
+        self.storage.write_atomic(batch)?;
         tracing::debug!(member = self.id, upto, "log compacted");
         Ok(())
     }

@@ -333,6 +333,7 @@ async fn stream_snapshot(
 #[derive(Clone)]
 pub struct RaftService {
     pub replica: Replica,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftService {
@@ -365,7 +366,17 @@ impl Raft for RaftService {
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // A peer's stream never ends by itself: end it when stopping, so
+            // that a graceful shutdown does not wait for it forever.
+            let batch = tokio::select! {
+                batch = stream.message() => batch?,
+                _ = shutdown.wait_for(|stopped| *stopped) => {
+                    return Err(Status::unavailable("the member is shutting down"));
+                }
+            };
+            let Some(batch) = batch else { break };
             self.replica
                 .learn_address(batch.from_id, &batch.from_address);
             for bytes in &batch.messages {

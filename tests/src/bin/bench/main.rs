@@ -1,15 +1,20 @@
-//! `berth-bench`: measures the apiserver on this machine.
+//! `berth-bench`: measures Berth on this machine.
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/berth-bench writes --clients 1,64 --duration 10s
+//! target/release/berth-bench writes --clients 1,64 --duration 10s   # one member
 //! target/release/berth-bench memory --tasks 100000
+//! target/release/berth-bench cluster --clients 64 --etcd            # 3 members vs etcd 3.4
 //! ```
 //!
-//! Each run starts its own `berth-apiserver` (the binary next to this one) on
-//! a fresh temporary data dir, unless `--server` names a running one.
+//! Each run starts its own `berth-apiserver` members (the binary next to this
+//! one) on fresh temporary data dirs, unless `--server` names a running one.
 
 #![allow(clippy::unwrap_used)]
+
+mod cluster;
+mod etcd;
+mod load;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +51,23 @@ enum Bench {
         #[arg(long)]
         server: Option<String>,
     },
+    /// A replicated apiserver under load: write and linearizable read
+    /// throughput and latency, and failover time; with --etcd, the same
+    /// against etcd 3.4 in the same run.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        replicas: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Leader kills to time.
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
+        /// Also measure etcd 3.4 (Debian's etcd-server) with the same load.
+        #[arg(long)]
+        etcd: bool,
+    },
     /// Resident memory of an apiserver holding many task objects.
     Memory {
         #[arg(long, default_value_t = 100_000)]
@@ -71,6 +93,22 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => writes(&clients, duration, server).await,
         Bench::Memory { tasks, clients } => memory(tasks, clients).await,
+        Bench::Cluster {
+            replicas,
+            clients,
+            duration,
+            failovers,
+            etcd,
+        } => {
+            cluster::run(cluster::Options {
+                replicas,
+                clients,
+                duration,
+                failovers,
+                etcd,
+            })
+            .await
+        }
     }
 }
 

@@ -1,0 +1,135 @@
+//! Checkpoints written on their own thread.
+//!
+//! Each checkpoint is one state segment: what changed since the previous
+//! one. Once the deltas written since the last full segment outweigh it, the
+//! next checkpoint is full and replaces every older segment, so the store
+//! holds at most about twice the live objects.
+//!
+//! A checkpoint writes every object changed since the previous one — tens of
+//! milliseconds for thousands of objects — so the raft loop hands it over and
+//! goes on; it learns with `Input::CheckpointDone` when the checkpoint is
+//! durable and the log before it may be compacted. Installing a leader's
+//! snapshot takes the same lock and bumps the epoch, so that an older
+//! checkpoint can never land on top of the snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+
+use raft::eraftpb::ConfState;
+
+use super::Input;
+use crate::state_machine::Checkpoint;
+use crate::storage::{Storage, StorageError, WriteBatch};
+
+pub struct Job {
+    pub epoch: u64,
+    pub checkpoint: Checkpoint,
+    /// Raft's configuration as of the checkpoint's index.
+    pub conf_state: ConfState,
+}
+
+pub struct Checkpointer {
+    jobs: mpsc::Sender<Job>,
+    /// Held while a checkpoint (or a snapshot install) is written.
+    writing: Arc<Mutex<()>>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(
+        storage: Storage,
+        inputs: mpsc::Sender<Input>,
+    ) -> std::io::Result<Checkpointer> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let writing: Arc<Mutex<()>> = Arc::default();
+        let epoch: Arc<AtomicU64> = Arc::default();
+        let (lock, current) = (writing.clone(), epoch.clone());
+        std::thread::Builder::new()
+            .name("berth-checkpoint".into())
+            .spawn(move || {
+                let mut sizes = Sizes::default();
+                for job in queue {
+                    let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if job.epoch != current.load(Ordering::Acquire) {
+                        // A snapshot replaced the state (with a full segment).
+                        sizes = Sizes::default();
+                        continue;
+                    }
+                    let result = write_sized(&storage, &job, &mut sizes);
+                    let done = Input::CheckpointDone {
+                        epoch: job.epoch,
+                        applied: job.checkpoint.applied,
+                        error: result.err().map(|e| e.to_string()),
+                    };
+                    if inputs.send(done).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            jobs,
+            writing,
+            epoch,
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn submit(&self, checkpoint: Checkpoint, conf_state: ConfState) {
+        let _ = self.jobs.send(Job {
+            epoch: self.epoch(),
+            checkpoint,
+            conf_state,
+        });
+    }
+
+    /// Waits for a checkpoint being written and keeps others out; queued
+    /// ones are dropped (the caller is about to replace the whole state).
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        let guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+}
+
+/// Bytes of the last full segment and of the deltas written after it.
+#[derive(Default)]
+struct Sizes {
+    full: usize,
+    deltas: usize,
+    /// Whether the segments on disk are known (after a first full one).
+    known: bool,
+}
+
+/// Writes a full checkpoint atomically and makes it durable.
+pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
+    let mut sizes = Sizes::default();
+    write_sized(storage, job, &mut sizes)
+}
+
+fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), StorageError> {
+    use prost::Message;
+    let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
+    let segment = job.checkpoint.segment(full);
+    let mut batch = WriteBatch::new();
+    if full {
+        storage.drop_segments_before(job.checkpoint.applied, &mut batch)?;
+    }
+    job.checkpoint.write_to(&segment, &mut batch);
+    batch.put_conf_state(&job.conf_state)?;
+    storage.write_atomic(batch)?;
+    storage.flush()?;
+    let bytes = segment.encoded_len();
+    if full {
+        *sizes = Sizes {
+            full: bytes,
+            deltas: 0,
+            known: true,
+        };
+    } else {
+        sizes.deltas += bytes;
+    }
+    Ok(())
+}
