@@ -78,6 +78,7 @@ impl ApiServer {
 
         let loaded = storage.load()?;
         let log = storage.load_log()?;
+        log.check(&loaded)?;
         let compacted = loaded.compacted;
         let machine = StateMachine::new(loaded, log.conf_state.clone());
         tracing::info!(

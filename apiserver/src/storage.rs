@@ -118,6 +118,46 @@ pub struct LoadedLog {
     pub groups: BTreeMap<u64, u64>,
 }
 
+impl LoadedLog {
+    /// The index of the last entry.
+    pub fn last_index(&self) -> u64 {
+        self.start.0 + self.terms.len() as u64
+    }
+
+    /// Checks that the log and the state machine stored beside it tell one
+    /// story; a store that does not is refused rather than served wrongly
+    /// (raft would otherwise stop on an impossible commit index).
+    pub fn check(&self, loaded: &Loaded) -> Result<(), StorageError> {
+        let last = self.last_index();
+        if self.hard_state.commit > last {
+            return Err(StorageError::Corrupt(format!(
+                "the commit index {} is beyond the last log entry {last}: committed entries are missing",
+                self.hard_state.commit
+            )));
+        }
+        if loaded.applied > self.hard_state.commit.max(self.start.0) {
+            return Err(StorageError::Corrupt(format!(
+                "the state machine is at index {}, beyond the commit index {}",
+                loaded.applied, self.hard_state.commit
+            )));
+        }
+        if loaded.applied < self.start.0 {
+            return Err(StorageError::Corrupt(format!(
+                "the state machine is at index {}, but the log was compacted up to {}: entries in between are lost",
+                loaded.applied, self.start.0
+            )));
+        }
+        if self.terms.windows(2).any(|w| w[0] > w[1])
+            || self.terms.first().is_some_and(|t| *t < self.start.1)
+        {
+            return Err(StorageError::Corrupt(
+                "the terms of the raft log go backwards".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Writes, in order. A later write of a key replaces an earlier one. The
 /// small bookkeeping keys (applied index, revision, raft hard state, …),
 /// which every entry of a batch may set, are written once, after the rest.

@@ -160,6 +160,34 @@ impl Drop for ApiServer {
     }
 }
 
+/// Runs `berth-apiserver` with `args`, expecting it to refuse to start;
+/// returns what it printed on stderr.
+pub fn apiserver_refuses(args: &[&str]) -> String {
+    let mut child = Command::new(binary("berth-apiserver"))
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth-apiserver");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let output = child.wait_with_output().expect("output");
+            assert!(
+                !status.success(),
+                "berth-apiserver should have refused to start"
+            );
+            return String::from_utf8_lossy(&output.stderr).into_owned();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth-apiserver neither served nor exited within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback port (bound, then released for the caller to use).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod catch_up;
 mod cluster;
 mod etcd;
 mod load;
@@ -68,6 +69,13 @@ enum Bench {
         #[arg(long)]
         etcd: bool,
     },
+    /// A follower down for many writes catches up from a streamed snapshot.
+    CatchUp {
+        #[arg(long, default_value_t = 100_000)]
+        writes: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+    },
     /// Resident memory of an apiserver holding many task objects.
     Memory {
         #[arg(long, default_value_t = 100_000)]
@@ -93,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => writes(&clients, duration, server).await,
         Bench::Memory { tasks, clients } => memory(tasks, clients).await,
+        Bench::CatchUp { writes, clients } => catch_up::run(writes, clients).await,
         Bench::Cluster {
             replicas,
             clients,
