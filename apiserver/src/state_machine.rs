@@ -16,6 +16,7 @@
 //! at); after a restart, raft replays the log from that index. This keeps
 //! the per-write cost of the store to the log append alone.
 
+use prost::Message as _;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -75,28 +76,31 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The objects to store: all of them (`full`), or what changed.
-    pub fn segment(&self, full: bool) -> StateSegment {
-        let mut segment = StateSegment {
-            full,
-            ..Default::default()
-        };
+    /// The objects to store — all of them (`full`) or what changed — as an
+    /// encoded `StateSegment`. Encoded field by field from the shared
+    /// objects: a full segment of every object must not copy them all first.
+    pub fn segment(&self, full: bool) -> Vec<u8> {
+        use prost::encoding::{bool as pbool, message};
+        let mut bytes = Vec::new();
         if full {
-            segment.puts = self.objects.values().map(|o| (**o).clone()).collect();
-            return segment;
+            pbool::encode(1, &true, &mut bytes);
+            for object in self.objects.values() {
+                message::encode(2, &**object, &mut bytes);
+            }
+            return bytes;
         }
         for key in &self.dirty {
             match self.objects.get(&**key) {
-                Some(object) => segment.puts.push((**object).clone()),
-                None => segment.deletes.push(crate::storage::deleted(key)),
+                Some(object) => message::encode(2, &**object, &mut bytes),
+                None => message::encode(3, &crate::storage::deleted(key), &mut bytes),
             }
         }
-        segment
+        bytes
     }
 
     /// Adds the checkpoint to `batch`, which must be written atomically: a
     /// partial checkpoint would match no log index.
-    pub fn write_to(&self, segment: &StateSegment, batch: &mut WriteBatch) {
+    pub fn write_to(&self, segment: Vec<u8>, batch: &mut WriteBatch) {
         batch.put_segment(self.applied, segment);
         batch.put_revision(self.revision);
         batch.put_applied(self.applied);
@@ -256,14 +260,13 @@ impl StateMachine {
         batch: &mut WriteBatch,
     ) {
         self.dirty.clear();
-        batch.put_segment(
-            index,
-            &StateSegment {
-                full: true,
-                puts: objects.clone(),
-                deletes: Vec::new(),
-            },
-        );
+        let segment = StateSegment {
+            full: true,
+            puts: objects,
+            deletes: Vec::new(),
+        };
+        batch.put_segment(index, segment.encode_to_vec());
+        let objects = segment.puts;
         self.objects = objects
             .into_iter()
             .map(|o| (Arc::new(o.key()), Arc::new(o)))
@@ -957,7 +960,7 @@ mod tests {
             f.apply(job("api", "default", 2, 100)).unwrap();
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            checkpoint.write_to(&checkpoint.segment(true), &mut batch);
+            checkpoint.write_to(checkpoint.segment(true), &mut batch);
             f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();
             f.machine.snapshot()

@@ -206,8 +206,9 @@ impl WriteBatch {
     }
 
     /// Stores a checkpoint's objects as the segment at `applied`.
-    pub fn put_segment(&mut self, applied: u64, segment: &StateSegment) {
-        self.insert(segment_key(applied).to_vec(), segment.encode_to_vec());
+    /// Stores a checkpoint's objects (an encoded `StateSegment`) at `applied`.
+    pub fn put_segment(&mut self, applied: u64, segment: Vec<u8>) {
+        self.insert(segment_key(applied).to_vec(), segment);
     }
 
     /// Stores history records written together (in revision order).
@@ -716,15 +717,16 @@ pub(crate) mod tests {
                 batch.put_revision(revision);
                 batch.put_applied(revision);
             }
-            batch.put_segment(3, &segment);
+            batch.put_segment(3, segment.encode_to_vec());
             // A later delta deletes one of them.
             batch.put_segment(
                 4,
-                &StateSegment {
+                StateSegment {
                     full: false,
                     puts: vec![],
                     deletes: vec![deleted(&namespace("ns-1", 1).key())],
-                },
+                }
+                .encode_to_vec(),
             );
             batch.put_history(&records[..2]);
             batch.put_history(&records[2..]);

@@ -110,18 +110,17 @@ pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
 }
 
 fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), StorageError> {
-    use prost::Message;
     let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
     let segment = job.checkpoint.segment(full);
+    let bytes = segment.len();
     let mut batch = WriteBatch::new();
     if full {
         storage.drop_segments_before(job.checkpoint.applied, &mut batch)?;
     }
-    job.checkpoint.write_to(&segment, &mut batch);
+    job.checkpoint.write_to(segment, &mut batch);
     batch.put_conf_state(&job.conf_state)?;
     storage.write_atomic(batch)?;
     storage.flush()?;
-    let bytes = segment.encoded_len();
     if full {
         *sizes = Sizes {
             full: bytes,
