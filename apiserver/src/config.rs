@@ -61,8 +61,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
 
     /// How long followers wait without a leader before electing a new one
-    /// (randomized between this and twice this).
-    #[arg(long, env = "BERTH_ELECTION_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    /// (randomized between this and one and a half times this).
+    #[arg(long, env = "BERTH_ELECTION_TIMEOUT", default_value = "400ms", value_parser = duration)]
     pub election_timeout: Duration,
 
     /// How long a write may wait to be committed before it fails.
@@ -134,7 +134,7 @@ impl Config {
             join: false,
             snapshot_threshold: 10_000,
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(400),
             proposal_timeout: Duration::from_secs(10),
             history_retention: 50_000,
             history_cache: 10_000,

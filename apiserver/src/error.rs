@@ -49,6 +49,11 @@ pub enum ApiError {
     /// The store failed; this member refuses writes until restarted.
     #[error("storage failed, this member refuses writes until restarted: {0}")]
     Storage(String),
+    /// The disk is full; this member refuses writes until restarted.
+    #[error(
+        "the disk is full, this member refuses writes until space is freed and it is restarted: {0}"
+    )]
+    DiskFull(String),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -72,7 +77,9 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::NamespaceNotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Conflict { .. } => Code::Aborted,
-            ApiError::QuotaExceeded(_) | ApiError::TooLarge(_) => Code::ResourceExhausted,
+            ApiError::QuotaExceeded(_) | ApiError::TooLarge(_) | ApiError::DiskFull(_) => {
+                Code::ResourceExhausted
+            }
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Compacted { .. } => Code::OutOfRange,
             ApiError::NotLeader { .. }
@@ -110,6 +117,17 @@ impl From<Status> for ApiError {
         ApiError::Remote {
             code: status.code(),
             message: status.message().to_string(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The error a failed store turns into: a full disk says so.
+    pub fn storage(reason: String) -> ApiError {
+        if reason.contains("No space left on device") || reason.contains("StorageFull") {
+            ApiError::DiskFull(reason)
+        } else {
+            ApiError::Storage(reason)
         }
     }
 }

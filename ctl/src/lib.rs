@@ -52,8 +52,11 @@ impl Context {
 
     /// A server's answer in words, with a hint when no server is reachable.
     pub fn explain(&self, status: &Status) -> String {
+        let unreachable = ["connect", "transport error", "connection"]
+            .iter()
+            .any(|word| status.message().contains(word));
         match status.code() {
-            Code::Unavailable => format!(
+            Code::Unavailable if unreachable => format!(
                 "cannot reach a Berth API server at {} ({}); is the cluster up? Start one with `berthctl up`",
                 self.servers,
                 status.message()

@@ -235,7 +235,7 @@ impl BerthClient {
                 return Err(last_error.unwrap_or_else(|| Status::unavailable("no server answered")));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 }

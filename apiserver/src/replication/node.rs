@@ -185,6 +185,10 @@ impl Node {
         let config = raft::Config {
             id: settings.member_id,
             election_tick: settings.election_ticks,
+            // Randomized over [1, 1.5) election timeouts rather than raft-rs's
+            // [1, 2): failover stays under 1.5 timeouts, split votes stay rare.
+            min_election_tick: settings.election_ticks,
+            max_election_tick: settings.election_ticks * 3 / 2,
             heartbeat_tick: settings.heartbeat_ticks,
             applied: machine.applied(),
             check_quorum: true,
@@ -291,7 +295,7 @@ impl Node {
         let reason = error.to_string();
         tracing::error!(member = self.id, %reason, "storage failed; this member stops serving until restarted");
         for (_, pending) in self.pending.drain() {
-            pending.reply.fail(ApiError::Storage(reason.clone()));
+            pending.reply.fail(ApiError::storage(reason.clone()));
         }
         self.by_index.clear();
         self.failed = Some(reason);
@@ -315,7 +319,7 @@ impl Node {
 
     fn handle(&mut self, input: Input) {
         if let Some(reason) = &self.failed {
-            let error = ApiError::Storage(reason.clone());
+            let error = ApiError::storage(reason.clone());
             match input {
                 Input::Propose { reply, .. } => {
                     let _ = reply.send(Err(error));

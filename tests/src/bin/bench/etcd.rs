@@ -58,6 +58,8 @@ impl EtcdCluster {
                 "--initial-cluster-state=new".into(),
                 "--initial-cluster-token=berth-bench".into(),
                 format!("--heartbeat-interval={heartbeat_ms}"),
+                // As Berth: pre-vote keeps a restarted member from disrupting.
+                "--pre-vote=true".into(),
                 format!("--election-timeout={election_ms}"),
                 "--quota-backend-bytes=8589934592".into(),
             ];
@@ -104,7 +106,23 @@ impl EtcdCluster {
                 return Ok(i);
             }
             if Instant::now() > deadline {
-                bail!("etcd elected no leader within {timeout:?}");
+                let tail: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                        let lines: Vec<&str> = log.lines().collect();
+                        format!(
+                            "{}:\n{}",
+                            m.name,
+                            lines[lines.len().saturating_sub(5)..].join("\n")
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "etcd elected no leader within {timeout:?}; the members' logs end with:\n{}",
+                    tail.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -191,7 +209,10 @@ impl EtcdClient {
         let mut i = self.current.load(Ordering::Relaxed);
         loop {
             let channel = self.channels[i % self.channels.len()].clone();
-            match tokio::time::timeout(Duration::from_secs(2), call(KvClient::new(channel))).await {
+            // As Berth's client, give up on a member quickly and try the next.
+            match tokio::time::timeout(Duration::from_millis(500), call(KvClient::new(channel)))
+                .await
+            {
                 Ok(Ok(response)) => {
                     self.current
                         .store(i % self.channels.len(), Ordering::Relaxed);
