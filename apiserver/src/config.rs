@@ -69,6 +69,15 @@ pub struct Config {
     #[arg(long, env = "BERTH_PROPOSAL_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub proposal_timeout: Duration,
 
+    /// A node without a heartbeat for this long is marked NotReady.
+    #[arg(long, env = "BERTH_NODE_NOT_READY_AFTER", default_value = "10s", value_parser = duration)]
+    pub node_not_ready_after: Duration,
+
+    /// A node without a heartbeat for this long is marked Lost, and its tasks
+    /// with it (the scheduler replaces them elsewhere).
+    #[arg(long, env = "BERTH_NODE_LOST_AFTER", default_value = "30s", value_parser = duration)]
+    pub node_lost_after: Duration,
+
     /// Revisions of history kept for watches; a watch from an older revision
     /// gets OUT_OF_RANGE and must re-list.
     #[arg(long, env = "BERTH_HISTORY_RETENTION", default_value_t = 50_000)]
@@ -136,6 +145,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
             proposal_timeout: Duration::from_secs(10),
+            node_not_ready_after: Duration::from_secs(10),
+            node_lost_after: Duration::from_secs(30),
             history_retention: 50_000,
             history_cache: 10_000,
             bookmark_interval: Duration::from_secs(10),

@@ -132,6 +132,37 @@ impl ApiError {
     }
 }
 
+/// A batch write's result, as the API returns it.
+pub fn batch_result(
+    result: &Result<std::sync::Arc<berth_proto::pb::Object>, ApiError>,
+) -> berth_proto::pb::BatchResult {
+    use berth_proto::pb::{BatchError, BatchResult, batch_result::Result as R};
+    BatchResult {
+        result: Some(match result {
+            Ok(object) => R::Object((**object).clone()),
+            Err(e) => R::Error(BatchError {
+                code: e.code() as i32,
+                message: e.to_string(),
+            }),
+        }),
+    }
+}
+
+/// A batch write's result from another member, back in our terms.
+pub fn from_batch_result(
+    result: berth_proto::pb::BatchResult,
+) -> Result<std::sync::Arc<berth_proto::pb::Object>, ApiError> {
+    use berth_proto::pb::batch_result::Result as R;
+    match result.result {
+        Some(R::Object(object)) => Ok(std::sync::Arc::new(object)),
+        Some(R::Error(e)) => Err(ApiError::Remote {
+            code: Code::from_i32(e.code),
+            message: e.message,
+        }),
+        None => Err(ApiError::Unavailable("an empty result".into())),
+    }
+}
+
 impl From<ValidationErrors> for ApiError {
     fn from(e: ValidationErrors) -> ApiError {
         ApiError::Invalid(e)

@@ -11,8 +11,10 @@
 //! - [`state`]: immutable snapshots that reads are served from.
 //! - [`server`]: wiring and shutdown.
 
+pub mod allocation;
 pub mod config;
 pub mod error;
+pub mod liveness;
 pub mod replication;
 pub mod server;
 pub mod service;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
+use crate::liveness::{self, Liveness, Timeouts};
 use crate::replication::{self, Replica, Settings, transport::RaftService};
 use crate::service::ApiService;
 use crate::state_machine::StateMachine;
@@ -111,8 +112,20 @@ impl ApiServer {
         let (replica, raft) = replication::start(settings, storage, log, machine, hub.clone())?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let liveness = Arc::new(Liveness::default());
+        tokio::spawn(liveness::run_lifecycle(
+            liveness.clone(),
+            replica.clone(),
+            hub.clone(),
+            Timeouts {
+                not_ready_after: config.node_not_ready_after,
+                lost_after: config.node_lost_after.max(config.node_not_ready_after),
+            },
+            shutdown_rx.clone(),
+        ));
         let service = ApiService {
             replica: replica.clone(),
+            liveness,
             hub,
             shutdown: shutdown_rx.clone(),
             bookmark_every: config.bookmark_interval,
@@ -122,7 +135,8 @@ impl ApiServer {
         let serving = tokio::spawn(
             connect::server()
                 .add_service(connect::objects_service(service.clone()))
-                .add_service(connect::cluster_service(service))
+                .add_service(connect::cluster_service(service.clone()))
+                .add_service(connect::nodes_service(service))
                 .add_service(
                     RaftService {
                         replica: replica.clone(),

@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_proto::defaults;
-use berth_proto::internal::{ApplyOp, Command, DeleteOp, UpdateStatusOp, command::Op};
+use berth_proto::internal::{
+    ApplyOp, BatchOps, BindOp, Command, DeleteOp, SingleOp, UpdateStatusOp, command::Op, single_op,
+};
 use berth_proto::object::ObjectKey;
 use berth_proto::pb::{
-    self, cluster_client::ClusterClient, cluster_server::Cluster, objects_server::Objects,
+    self, cluster_client::ClusterClient, cluster_server::Cluster, nodes_client::NodesClient,
+    nodes_server::Nodes, objects_server::Objects,
 };
 use berth_proto::selector::Selector;
 use berth_proto::validate::{self, MAX_OBJECT_BYTES};
@@ -23,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
+use crate::liveness::Liveness;
 use crate::replication::{MemberChange, Replica};
 use crate::state_machine::{Applied, Outcome};
 use crate::watch::{Filter, WatchHub, run_watcher};
@@ -37,6 +41,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct ApiService {
     pub replica: Replica,
+    pub liveness: Arc<Liveness>,
     pub hub: Arc<WatchHub>,
     pub shutdown: watch::Receiver<bool>,
     pub bookmark_every: Duration,
@@ -83,6 +88,50 @@ impl ApiService {
             )),
         }
     }
+}
+
+/// Most writes in one batch, and their total size.
+const MAX_BATCH_OPS: usize = 10_000;
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Checks one write of a batch as its own RPC would be checked.
+fn admit_op(op: pb::BatchOp) -> Result<SingleOp, ApiError> {
+    use berth_proto::pb::batch_op::Op as In;
+    let op = match op.op {
+        None => return Err(ApiError::InvalidArgument("op: required".into())),
+        Some(In::Apply(pb::ApplyRequest {
+            object,
+            create_only,
+        })) => single_op::Op::Apply(ApplyOp {
+            object: Some(admit_object(object)?),
+            create_only,
+            new_uid: uuid::Uuid::new_v4().to_string(),
+        }),
+        Some(In::UpdateStatus(request)) => single_op::Op::UpdateStatus(UpdateStatusOp {
+            object: Some(admit_object(request.object)?),
+        }),
+        Some(In::Delete(request)) => {
+            let key = key_of(request.kind, request.namespace, request.name)?;
+            single_op::Op::Delete(DeleteOp {
+                kind: key.kind as i32,
+                namespace: key.namespace,
+                name: key.name,
+                resource_version: request.resource_version,
+            })
+        }
+        Some(In::Bind(request)) => {
+            let key = key_of(pb::Kind::Task as i32, request.namespace, request.task)?;
+            validate::check_dns_subdomain(&request.node)
+                .map_err(|e| ApiError::InvalidArgument(format!("node: {e}")))?;
+            single_op::Op::Bind(BindOp {
+                namespace: key.namespace,
+                task: key.name,
+                node: request.node,
+                resource_version: request.resource_version,
+            })
+        }
+    };
+    Ok(SingleOp { op: Some(op) })
 }
 
 /// Checks a client's object: size, then defaults, then the field rules.
@@ -255,6 +304,73 @@ impl Objects for ApiService {
         let response = pb::DeleteResponse {
             object: Some((*applied.object).clone()),
             revision: applied.revision,
+        };
+        Ok(respond(response, leader))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let ops = request.into_inner().ops;
+        if ops.is_empty() {
+            return Err(
+                ApiError::InvalidArgument("ops: at least one write is required".into()).into(),
+            );
+        }
+        if ops.len() > MAX_BATCH_OPS {
+            return Err(ApiError::InvalidArgument(format!(
+                "ops: {} writes, more than the {MAX_BATCH_OPS} of one batch",
+                ops.len()
+            ))
+            .into());
+        }
+        // Each write is checked on its own; the bad ones are answered here
+        // and never reach the log.
+        let mut results: Vec<Option<Result<Arc<pb::Object>, ApiError>>> =
+            Vec::with_capacity(ops.len());
+        let mut valid = Vec::with_capacity(ops.len());
+        let mut bytes = 0;
+        for op in ops {
+            match admit_op(op) {
+                Ok(op) => {
+                    bytes += op.encoded_len();
+                    valid.push(op);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if bytes > MAX_BATCH_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "the batch is {bytes} bytes, more than {MAX_BATCH_BYTES}: send fewer writes at once"
+            ))
+            .into());
+        }
+        let mut revision = self.hub.snapshot().revision;
+        let mut leader = None;
+        if !valid.is_empty() {
+            let (applied, forwarded) = self.write(Op::Batch(BatchOps { ops: valid })).await?;
+            revision = applied.revision;
+            leader = forwarded;
+            let mut applied_results = applied.batch.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot = Some(applied_results.next().unwrap_or_else(|| {
+                    Err(ApiError::Unavailable("a write went unanswered".into()))
+                }));
+            }
+        }
+        let response = pb::BatchResponse {
+            results: results
+                .iter()
+                .map(|r| match r {
+                    Some(r) => crate::error::batch_result(r),
+                    None => {
+                        crate::error::batch_result(&Err(ApiError::Unavailable("unanswered".into())))
+                    }
+                })
+                .collect(),
+            revision,
         };
         Ok(respond(response, leader))
     }
@@ -531,6 +647,85 @@ impl Cluster for ApiService {
             .await?;
         let status = self.replica.status().await?;
         Ok(Response::new(self.members(status.leader_id)))
+    }
+}
+
+impl ApiService {
+    /// The leader's address when another member leads, or the error to give
+    /// when the request may not be forwarded (again) or no one leads.
+    fn leader_elsewhere(&self, forwarded: bool) -> Result<Option<String>, ApiError> {
+        if self.replica.is_leader() {
+            return Ok(None);
+        }
+        let (leader_id, address) = self.replica.leader();
+        match address {
+            Some(address) if leader_id != 0 && !forwarded => Ok(Some(address)),
+            address => Err(ApiError::NotLeader {
+                leader_id,
+                leader_address: address,
+            }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Nodes for ApiService {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        if let Some(leader) = self.leader_elsewhere(is_forwarded(&request))? {
+            let endpoint = berth_proto::connect::endpoint(&leader)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let mut client = NodesClient::new(endpoint.connect_lazy());
+            return client.heartbeat(forwarded(request.into_inner())).await;
+        }
+        let beats = request.into_inner().nodes;
+        for beat in &beats {
+            validate::check_dns_subdomain(&beat.node)
+                .map_err(|e| ApiError::InvalidArgument(format!("nodes.node: {e}")))?;
+        }
+        self.liveness.heartbeat(beats);
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    type WatchUsageStream = ReceiverStream<Result<pb::UsageReport, Status>>;
+
+    async fn watch_usage(
+        &self,
+        request: Request<pb::WatchUsageRequest>,
+    ) -> Result<Response<Self::WatchUsageStream>, Status> {
+        // Usage lives on the leader only: the client follows the hint there.
+        self.leader_elsewhere(true)?;
+        let every = Duration::from_millis(request.into_inner().interval_ms.clamp(100, 60_000));
+        let (tx, rx) = mpsc::channel(4);
+        let (liveness, replica, mut shutdown) = (
+            self.liveness.clone(),
+            self.replica.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = tx.closed() => return,
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                }
+                if !replica.is_leader() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "this member no longer leads; reconnect",
+                        )))
+                        .await;
+                    return;
+                }
+                if tx.send(Ok(liveness.report())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 

@@ -21,12 +21,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use berth_proto::internal::{
-    ApplyOp, Change, Command, DeleteOp, HistoryRecord, StateSegment, UpdateStatusOp, command::Op,
+    ApplyOp, BindOp, Change, Command, DeleteOp, HistoryRecord, SingleOp, StateSegment,
+    UpdateStatusOp, command::Op, single_op,
 };
 use berth_proto::object::ObjectKey;
 use berth_proto::pb::{self, object::Kind as Body};
 use berth_proto::quantity::{format_cpu, format_memory};
 
+use crate::allocation::Allocations;
 use crate::error::ApiError;
 use crate::state::{self, Membership, ObjectMap, Snapshot};
 use crate::storage::{Loaded, WriteBatch};
@@ -53,6 +55,25 @@ pub struct Applied {
     pub revision: u64,
     /// What the command changed, for watchers; `None` when nothing changed.
     pub record: Option<Arc<HistoryRecord>>,
+    /// For a batch: each write's result, in order.
+    pub batch: Vec<Result<Arc<pb::Object>, ApiError>>,
+}
+
+impl Applied {
+    fn single(
+        outcome: Outcome,
+        object: Arc<pb::Object>,
+        revision: u64,
+        record: Option<Arc<HistoryRecord>>,
+    ) -> Applied {
+        Applied {
+            outcome,
+            object,
+            revision,
+            record,
+            batch: Vec::new(),
+        }
+    }
 }
 
 pub struct StateMachine {
@@ -64,6 +85,8 @@ pub struct StateMachine {
     membership: Arc<Membership>,
     /// Objects changed since the last checkpoint.
     dirty: HashSet<Arc<ObjectKey>>,
+    /// What every node promised its tasks (derived from the tasks).
+    allocations: Allocations,
 }
 
 /// The state machine's changes since the previous checkpoint.
@@ -121,12 +144,14 @@ impl StateMachine {
     /// The state machine as storage holds it; `conf_state` is raft's, as of
     /// the applied index.
     pub fn new(loaded: Loaded, conf_state: ConfState) -> StateMachine {
+        let objects: ObjectMap = loaded
+            .objects
+            .into_iter()
+            .map(|o| (Arc::new(o.key()), Arc::new(o)))
+            .collect();
         StateMachine {
-            objects: loaded
-                .objects
-                .into_iter()
-                .map(|o| (Arc::new(o.key()), Arc::new(o)))
-                .collect(),
+            allocations: Allocations::build(objects.iter()),
+            objects,
             revision: loaded.revision,
             applied: loaded.applied,
             membership: Arc::new(Membership::from_record(&loaded.members, conf_state)),
@@ -167,39 +192,96 @@ impl StateMachine {
     /// every replica.
     pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApiError> {
         self.advance(index);
+        let time_ms = command.time_ms;
         let plan = match &command.op {
             None => return Err(ApiError::InvalidArgument("empty command".into())),
-            Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
+            Some(Op::Apply(op)) => self.plan_apply(index, time_ms, op)?,
             Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
             Some(Op::Delete(op)) => self.plan_delete(index, op)?,
+            Some(Op::Batch(ops)) => return Ok(self.apply_batch(index, time_ms, &ops.ops)),
         };
         if plan.outcome == Outcome::Unchanged {
-            return Ok(Applied {
-                outcome: plan.outcome,
-                object: plan.subject,
-                revision: self.revision,
-                record: None,
-            });
+            return Ok(Applied::single(
+                plan.outcome,
+                plan.subject,
+                self.revision,
+                None,
+            ));
         }
-        let record = HistoryRecord {
-            revision: index,
-            changes: plan.changes,
-        };
+        let (outcome, subject) = (plan.outcome, plan.subject.clone());
+        let mut changes = Vec::new();
+        self.commit(plan, &mut changes);
+        Ok(Applied::single(
+            outcome,
+            subject,
+            index,
+            Some(self.record(index, changes)),
+        ))
+    }
+
+    /// Applies each write of a batch in order, each against the state the
+    /// ones before it left; all changes share the revision `index`.
+    fn apply_batch(&mut self, index: u64, time_ms: i64, ops: &[SingleOp]) -> Applied {
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let plan = match &op.op {
+                None => Err(ApiError::InvalidArgument("empty write".into())),
+                Some(single_op::Op::Apply(op)) => self.plan_apply(index, time_ms, op),
+                Some(single_op::Op::UpdateStatus(op)) => self.plan_update_status(index, op),
+                Some(single_op::Op::Delete(op)) => self.plan_delete(index, op),
+                Some(single_op::Op::Bind(op)) => self.plan_bind(index, op),
+            };
+            results.push(plan.map(|plan| {
+                let subject = plan.subject.clone();
+                if plan.outcome != Outcome::Unchanged {
+                    self.commit(plan, &mut changes);
+                }
+                subject
+            }));
+        }
+        let record = (!changes.is_empty()).then(|| self.record(index, changes));
+        Applied {
+            outcome: if record.is_some() {
+                Outcome::Updated
+            } else {
+                Outcome::Unchanged
+            },
+            object: Arc::new(pb::Object::default()),
+            revision: if record.is_some() {
+                index
+            } else {
+                self.revision
+            },
+            record,
+            batch: results,
+        }
+    }
+
+    /// Makes a plan's changes: objects, allocations, the dirty set.
+    fn commit(&mut self, plan: Plan, changes: &mut Vec<Change>) {
         for key in plan.deletes {
-            self.objects.remove(&key);
-            self.dirty.insert(Arc::new(key));
+            let key = Arc::new(key);
+            if let Some(old) = self.objects.remove(&key) {
+                self.allocations.account(&key, Some(&old), None);
+            }
+            self.dirty.insert(key);
         }
         for object in plan.puts {
             let key = Arc::new(object.key());
-            self.objects.insert(key.clone(), object);
+            let old = self.objects.insert(key.clone(), object.clone());
+            self.allocations
+                .account(&key, old.as_deref(), Some(&object));
             self.dirty.insert(key);
         }
+        changes.extend(plan.changes);
+    }
+
+    fn record(&mut self, index: u64, changes: Vec<Change>) -> Arc<HistoryRecord> {
         self.revision = index;
-        Ok(Applied {
-            outcome: plan.outcome,
-            object: plan.subject,
+        Arc::new(HistoryRecord {
             revision: index,
-            record: Some(Arc::new(record)),
+            changes,
         })
     }
 
@@ -214,13 +296,11 @@ impl StateMachine {
             Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
             Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
             Some(Op::Delete(op)) => self.plan_delete(index, op)?,
+            // Each write of a batch stands on its own: always through the log.
+            Some(Op::Batch(_)) => return Ok(None),
         };
-        Ok((plan.outcome == Outcome::Unchanged).then_some(Applied {
-            outcome: Outcome::Unchanged,
-            object: plan.subject,
-            revision: self.revision,
-            record: None,
-        }))
+        Ok((plan.outcome == Outcome::Unchanged)
+            .then(|| Applied::single(Outcome::Unchanged, plan.subject, self.revision, None)))
     }
 
     /// Applies an entry that carries no command (a new leader's empty entry).
@@ -271,6 +351,7 @@ impl StateMachine {
             .into_iter()
             .map(|o| (Arc::new(o.key()), Arc::new(o)))
             .collect();
+        self.allocations = Allocations::build(self.objects.iter());
         self.revision = revision;
         self.applied = index;
         batch.put_revision(revision);
@@ -344,6 +425,96 @@ impl StateMachine {
         let mut new = with_status_of(current, request)?;
         if new == **current {
             return Ok(Plan::unchanged(current.clone()));
+        }
+        metadata_of(&mut new)?.resource_version = index;
+        let lost = node_state(&new) == Some(pb::NodeState::Lost)
+            && node_state(current) != Some(pb::NodeState::Lost);
+        let mut plan = Plan::put(new, Some(current));
+        if lost {
+            // Fencing: a lost node's tasks are lost with it, in the same
+            // write, so that nothing still counts them as running there.
+            let bound = self
+                .allocations
+                .get(&key.name)
+                .map(|a| a.tasks.clone())
+                .unwrap_or_default();
+            for task_key in bound {
+                let Some(task) = self.objects.get(&task_key) else {
+                    continue;
+                };
+                let mut gone = (**task).clone();
+                if let Some(Body::Task(t)) = &mut gone.kind {
+                    let status = t.status.get_or_insert_with(Default::default);
+                    status.phase = pb::TaskPhase::Lost as i32;
+                    status.message = format!("node {} was lost", key.name);
+                }
+                metadata_of(&mut gone)?.resource_version = index;
+                plan.add_put(gone, task);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Binds an unbound task to a node that has room for it (see
+    /// `allocation`): the check that keeps every node within its capacity
+    /// whatever the schedulers believed.
+    fn plan_bind(&self, index: u64, op: &BindOp) -> Result<Plan, ApiError> {
+        let key = ObjectKey::new(pb::Kind::Task, op.namespace.clone(), op.task.clone());
+        let current = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::NotFound(key.clone()))?;
+        if op.resource_version != 0 && op.resource_version != current.resource_version() {
+            return Err(stale(&key, op.resource_version, current.resource_version()));
+        }
+        let task = current
+            .as_task()
+            .ok_or_else(|| ApiError::InvalidArgument("not a task".into()))?;
+        let status = task.status.clone().unwrap_or_default();
+        if status.node == op.node && !status.phase().is_terminal() {
+            return Ok(Plan::unchanged(current.clone()));
+        }
+        if !status.node.is_empty() || status.phase().is_terminal() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{key} is {} on node {:?}: only an unscheduled task can be bound",
+                format!("{:?}", status.phase()).to_lowercase(),
+                status.node
+            )));
+        }
+        let node_key = ObjectKey::new(pb::Kind::Node, "", op.node.clone());
+        let node = self
+            .objects
+            .get(&node_key)
+            .and_then(|o| o.as_node().cloned())
+            .ok_or_else(|| ApiError::NotFound(node_key.clone()))?;
+        let state = node
+            .status
+            .as_ref()
+            .map_or(pb::NodeState::Unspecified, |s| s.state());
+        if state != pb::NodeState::Ready {
+            return Err(ApiError::Conflict {
+                key: key.clone(),
+                reason: format!("node {} is {:?}, not Ready", op.node, state),
+            });
+        }
+        if node.spec.as_ref().is_some_and(|s| s.unschedulable) {
+            return Err(ApiError::Conflict {
+                key: key.clone(),
+                reason: format!("node {} is cordoned", op.node),
+            });
+        }
+        self.allocations
+            .check_bind(&op.node, &node, task)
+            .map_err(|reason| ApiError::Conflict {
+                key: key.clone(),
+                reason,
+            })?;
+        let mut new = (**current).clone();
+        if let Some(Body::Task(t)) = &mut new.kind {
+            let status = t.status.get_or_insert_with(Default::default);
+            status.node = op.node.clone();
+            status.phase = pb::TaskPhase::Scheduled as i32;
+            status.message.clear();
         }
         metadata_of(&mut new)?.resource_version = index;
         Ok(Plan::put(new, Some(current)))
@@ -529,6 +700,17 @@ impl Plan {
         }
     }
 
+    /// One more object the plan changes.
+    fn add_put(&mut self, new: pb::Object, current: &Arc<pb::Object>) {
+        let new = Arc::new(new);
+        self.changes.push(Change {
+            r#type: pb::WatchEventType::Modified as i32,
+            object: Some((*new).clone()),
+            prev: Some((**current).clone()),
+        });
+        self.puts.push(new);
+    }
+
     fn put(new: pb::Object, current: Option<&Arc<pb::Object>>) -> Plan {
         let (outcome, change_type) = match current {
             None => (Outcome::Created, pb::WatchEventType::Added),
@@ -658,6 +840,7 @@ fn with_spec_of(
         (Some(Body::Task(n)), Some(Body::Task(r))) => replace(&mut n.spec, &r.spec),
         (Some(Body::Node(n)), Some(Body::Node(r))) => replace(&mut n.spec, &r.spec),
         (Some(Body::Namespace(n)), Some(Body::Namespace(r))) => replace(&mut n.spec, &r.spec),
+        (Some(Body::Lease(n)), Some(Body::Lease(r))) => replace(&mut n.spec, &r.spec),
         (Some(Body::Event(n)), Some(Body::Event(r))) => {
             // An event has no spec/status split: everything but metadata.
             let metadata = n.metadata.take();
@@ -707,6 +890,10 @@ fn replace<T: Clone + PartialEq>(slot: &mut Option<T>, value: &Option<T>) -> boo
     changed
 }
 
+fn node_state(object: &pb::Object) -> Option<pb::NodeState> {
+    Some(object.as_node()?.status.as_ref()?.state())
+}
+
 fn task_job(object: &pb::Object) -> Option<&str> {
     match &object.kind {
         Some(Body::Task(t)) => t.spec.as_ref().map(|s| s.job.as_str()),
@@ -719,6 +906,7 @@ mod tests {
     use super::*;
     use crate::storage::Storage;
     use berth_proto::defaults;
+    use berth_proto::internal::BatchOps;
 
     struct Fixture {
         storage: Storage,
@@ -839,6 +1027,146 @@ mod tests {
             }),
             status: None,
         })
+    }
+
+    fn ready_node(name: &str, cpu: i64) -> pb::Object {
+        pb::Object::from(pb::Node {
+            metadata: meta(name, ""),
+            spec: Some(pb::NodeSpec::default()),
+            status: Some(pb::NodeStatus {
+                allocatable: Some(pb::Resources {
+                    cpu_millis: cpu,
+                    memory_bytes: 1 << 30,
+                    ..Default::default()
+                }),
+                state: pb::NodeState::Ready as i32,
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn bind(task: &str, node: &str) -> SingleOp {
+        SingleOp {
+            op: Some(single_op::Op::Bind(BindOp {
+                namespace: "default".into(),
+                task: task.into(),
+                node: node.into(),
+                resource_version: 0,
+            })),
+        }
+    }
+
+    fn phase_of(f: &Fixture, name: &str) -> (pb::TaskPhase, String) {
+        let key = ObjectKey::new(pb::Kind::Task, "default", name);
+        let status = f
+            .machine
+            .objects
+            .get(&key)
+            .unwrap()
+            .as_task()
+            .unwrap()
+            .status
+            .clone()
+            .unwrap_or_default();
+        (status.phase(), status.node)
+    }
+
+    #[test]
+    fn binds_are_checked_against_the_whole_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        f.apply(ready_node("n1", 250)).unwrap();
+        f.apply(job("web", "default", 3, 100)).unwrap();
+        for i in 0..3 {
+            f.apply(task(&format!("web-{i}"), "web")).unwrap();
+        }
+        let applied = f
+            .next(Op::Batch(BatchOps {
+                ops: vec![
+                    bind("web-0", "n1"),
+                    bind("web-1", "n1"),
+                    bind("web-2", "n1"),
+                    bind("nope", "n1"),
+                ],
+            }))
+            .unwrap();
+        let codes: Vec<_> = applied
+            .batch
+            .iter()
+            .map(|r| r.as_ref().err().map(ApiError::code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                None,
+                None,
+                Some(tonic::Code::Aborted),
+                Some(tonic::Code::NotFound)
+            ],
+            "two tasks of 100m fit 250m, a third does not"
+        );
+        assert_eq!(
+            phase_of(&f, "web-1"),
+            (pb::TaskPhase::Scheduled, "n1".into())
+        );
+        assert_eq!(
+            phase_of(&f, "web-2"),
+            (pb::TaskPhase::Unspecified, String::new())
+        );
+        // Both binds share one revision.
+        let record = applied.record.unwrap();
+        assert_eq!(record.changes.len(), 2);
+        // A bound task cannot be bound again elsewhere.
+        let again = f
+            .next(Op::Batch(BatchOps {
+                ops: vec![bind("web-0", "n2")],
+            }))
+            .unwrap();
+        assert_eq!(
+            again.batch[0].as_ref().unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn a_lost_node_loses_its_tasks_and_frees_its_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        f.apply(ready_node("n1", 1000)).unwrap();
+        f.apply(job("web", "default", 2, 100)).unwrap();
+        f.apply(task("web-0", "web")).unwrap();
+        f.next(Op::Batch(BatchOps {
+            ops: vec![bind("web-0", "n1")],
+        }))
+        .unwrap();
+        let mut lost = ready_node("n1", 1000);
+        if let Some(Body::Node(n)) = &mut lost.kind {
+            n.status.as_mut().unwrap().state = pb::NodeState::Lost as i32;
+        }
+        let applied = f
+            .next(Op::UpdateStatus(UpdateStatusOp { object: Some(lost) }))
+            .unwrap();
+        assert_eq!(
+            applied.record.unwrap().changes.len(),
+            2,
+            "the node and its task"
+        );
+        assert_eq!(phase_of(&f, "web-0").0, pb::TaskPhase::Lost);
+        assert!(f.machine.allocations.get("n1").is_none());
+        // Nothing binds to a node that is not Ready.
+        f.apply(task("web-1", "web")).unwrap();
+        let refused = f
+            .next(Op::Batch(BatchOps {
+                ops: vec![bind("web-1", "n1")],
+            }))
+            .unwrap();
+        assert!(
+            refused.batch[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("not Ready")
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn header(kind: pb::Kind, wide: bool, with_namespace: bool) -> Vec<String> {
         pb::Kind::Job => vec!["NAME", "TIER", "PRIORITY", "READY", "AGE"],
         pb::Kind::Task => vec!["NAME", "PHASE", "NODE", "RESTARTS", "AGE"],
         pb::Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        pb::Kind::Lease => vec!["NAME", "HOLDER", "RENEWED", "DURATION", "AGE"],
         pb::Kind::Unspecified => vec!["NAME"],
     };
     if wide {
@@ -171,6 +172,21 @@ pub fn row(object: &pb::Object, wide: bool, with_namespace: bool) -> Vec<String>
             ];
             if wide {
                 row.push(or_dash(&event.source));
+            }
+            row
+        }
+        Some(Body::Lease(lease)) => {
+            let spec = lease.spec.clone().unwrap_or_default();
+            let mut row = vec![
+                meta.name.clone(),
+                or_dash(&spec.holder),
+                format!("{} ago", self::age(spec.renewed_at_ms)),
+                humantime::format_duration(std::time::Duration::from_millis(spec.duration_ms))
+                    .to_string(),
+                age,
+            ];
+            if wide {
+                row.push(labels());
             }
             row
         }

@@ -92,6 +92,15 @@ pub fn objects_service<S: Objects>(service: S) -> ObjectsServer<S> {
         .max_encoding_message_size(MAX_RESPONSE_BYTES)
 }
 
+/// Wraps a `Nodes` implementation with Berth's message limits.
+pub fn nodes_service<S: crate::pb::nodes_server::Nodes>(
+    service: S,
+) -> crate::pb::nodes_server::NodesServer<S> {
+    crate::pb::nodes_server::NodesServer::new(service)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
 /// Wraps a `Cluster` implementation with Berth's message limits.
 pub fn cluster_service<S: Cluster>(service: S) -> ClusterServer<S> {
     ClusterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -181,6 +190,22 @@ impl BerthClient {
     {
         self.with_channel(|channel| call(ClusterClient::new(channel)))
             .await
+    }
+
+    /// As [`BerthClient::call`], for the `Nodes` service.
+    pub async fn call_nodes<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
+    where
+        F: FnMut(crate::pb::nodes_client::NodesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.with_channel(|channel| {
+            call(
+                crate::pb::nodes_client::NodesClient::new(channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .max_encoding_message_size(MAX_REQUEST_BYTES),
+            )
+        })
+        .await
     }
 
     async fn with_channel<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>

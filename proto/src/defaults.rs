@@ -39,7 +39,7 @@ pub fn apply(object: &mut pb::Object) {
                 event.r#type = pb::EventType::Normal as i32;
             }
         }
-        Some(Body::Namespace(_) | Body::Node(_)) | None => {}
+        Some(Body::Namespace(_) | Body::Node(_) | Body::Lease(_)) | None => {}
     }
 }
 

@@ -7,17 +7,21 @@ use crate::pb::{self, object::Kind as Body};
 
 impl pb::Kind {
     /// Every kind a user can name, in the order `get all` prints them.
-    pub const ALL: [pb::Kind; 5] = [
+    pub const ALL: [pb::Kind; 6] = [
         pb::Kind::Namespace,
         pb::Kind::Node,
         pb::Kind::Job,
         pb::Kind::Task,
         pb::Kind::Event,
+        pb::Kind::Lease,
     ];
 
     /// Whether objects of this kind live in a namespace.
     pub fn is_namespaced(self) -> bool {
-        matches!(self, pb::Kind::Job | pb::Kind::Task | pb::Kind::Event)
+        matches!(
+            self,
+            pb::Kind::Job | pb::Kind::Task | pb::Kind::Event | pb::Kind::Lease
+        )
     }
 
     /// The manifest spelling: `Job`, `Namespace`, ….
@@ -29,6 +33,7 @@ impl pb::Kind {
             pb::Kind::Job => "Job",
             pb::Kind::Task => "Task",
             pb::Kind::Event => "Event",
+            pb::Kind::Lease => "Lease",
         }
     }
 
@@ -41,6 +46,7 @@ impl pb::Kind {
             pb::Kind::Job => "jobs",
             pb::Kind::Task => "tasks",
             pb::Kind::Event => "events",
+            pb::Kind::Lease => "leases",
         }
     }
 
@@ -52,6 +58,7 @@ impl pb::Kind {
             "job" | "jobs" | "j" => pb::Kind::Job,
             "task" | "tasks" | "t" => pb::Kind::Task,
             "event" | "events" | "ev" => pb::Kind::Event,
+            "lease" | "leases" => pb::Kind::Lease,
             _ => return None,
         };
         Some(kind)
@@ -103,6 +110,7 @@ impl pb::Object {
             Some(Body::Job(_)) => pb::Kind::Job,
             Some(Body::Task(_)) => pb::Kind::Task,
             Some(Body::Event(_)) => pb::Kind::Event,
+            Some(Body::Lease(_)) => pb::Kind::Lease,
         }
     }
 
@@ -114,6 +122,7 @@ impl pb::Object {
             Some(Body::Job(o)) => o.metadata.as_ref(),
             Some(Body::Task(o)) => o.metadata.as_ref(),
             Some(Body::Event(o)) => o.metadata.as_ref(),
+            Some(Body::Lease(o)) => o.metadata.as_ref(),
         }
     }
 
@@ -127,6 +136,7 @@ impl pb::Object {
             Some(Body::Job(o)) => &mut o.metadata,
             Some(Body::Task(o)) => &mut o.metadata,
             Some(Body::Event(o)) => &mut o.metadata,
+            Some(Body::Lease(o)) => &mut o.metadata,
         };
         Some(slot.get_or_insert_with(Default::default))
     }
@@ -161,7 +171,71 @@ macro_rules! into_object {
         })*
     };
 }
-into_object!(Namespace, Node, Job, Task, Event);
+into_object!(Namespace, Node, Job, Task, Event, Lease);
+
+/// Typed access to an object's body.
+impl pb::Object {
+    pub fn as_job(&self) -> Option<&pb::Job> {
+        match &self.kind {
+            Some(Body::Job(j)) => Some(j),
+            _ => None,
+        }
+    }
+
+    pub fn as_task(&self) -> Option<&pb::Task> {
+        match &self.kind {
+            Some(Body::Task(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn as_node(&self) -> Option<&pb::Node> {
+        match &self.kind {
+            Some(Body::Node(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn as_namespace(&self) -> Option<&pb::Namespace> {
+        match &self.kind {
+            Some(Body::Namespace(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn as_lease(&self) -> Option<&pb::Lease> {
+        match &self.kind {
+            Some(Body::Lease(l)) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+impl pb::TaskPhase {
+    /// Phases after which a task holds no resources and will not run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            pb::TaskPhase::Succeeded
+                | pb::TaskPhase::Failed
+                | pb::TaskPhase::Lost
+                | pb::TaskPhase::Preempted
+                | pb::TaskPhase::Killed
+        )
+    }
+}
+
+impl pb::Task {
+    /// The node the task holds resources on: bound and not finished.
+    pub fn holding_node(&self) -> Option<&str> {
+        let status = self.status.as_ref()?;
+        (!status.node.is_empty() && !status.phase().is_terminal()).then_some(status.node.as_str())
+    }
+
+    pub fn requests(&self) -> Option<&pb::Resources> {
+        self.spec.as_ref()?.template.as_ref()?.resources.as_ref()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -99,7 +99,10 @@ pub fn validate_object(object: &pb::Object) -> Result<(), ValidationErrors> {
         Some(meta) => check_metadata(&mut c, kind, meta),
     }
     match &object.kind {
-        None => c.fail("kind", "required: one of Namespace, Node, Job, Task, Event"),
+        None => c.fail(
+            "kind",
+            "required: one of Namespace, Node, Job, Task, Event, Lease",
+        ),
         Some(Body::Job(job)) => match &job.spec {
             None => c.fail("spec", "required"),
             Some(spec) => check_job_spec(&mut c, spec),
@@ -123,6 +126,17 @@ pub fn validate_object(object: &pb::Object) -> Result<(), ValidationErrors> {
             }
         }
         Some(Body::Event(event)) => check_event(&mut c, event),
+        Some(Body::Lease(lease)) => match &lease.spec {
+            None => c.fail("spec", "required"),
+            Some(spec) => {
+                if spec.duration_ms == 0 {
+                    c.fail("spec.duration", "must be positive");
+                }
+                if spec.holder.len() > 253 {
+                    c.fail("spec.holder", "longer than 253 characters");
+                }
+            }
+        },
     }
     if c.errors.is_empty() {
         Ok(())

@@ -293,6 +293,11 @@ impl Replica {
             object: Arc::new(response.object.unwrap_or_default()),
             revision,
             record: None,
+            batch: response
+                .results
+                .into_iter()
+                .map(crate::error::from_batch_result)
+                .collect(),
         })
     }
 
@@ -324,6 +329,19 @@ impl Replica {
 
     pub async fn status(&self) -> Result<NodeStatus, ApiError> {
         self.ask(|reply| Input::Status { reply }).await
+    }
+
+    /// Whether this member leads, as the raft loop last said.
+    pub fn is_leader(&self) -> bool {
+        self.leader.read().unwrap_or_else(|e| e.into_inner()).0 == self.member_id
+    }
+
+    /// The leader's id and address, as the raft loop last said.
+    pub fn leader(&self) -> (u64, Option<String>) {
+        self.leader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops the raft loop (it answers what is queued first).

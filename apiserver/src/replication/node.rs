@@ -793,6 +793,7 @@ impl Node {
                                 object,
                                 revision: self.machine.revision(),
                                 record: None,
+                                batch: Vec::new(),
                             }),
                         ));
                     }

@@ -463,6 +463,11 @@ impl Raft for RaftService {
             outcome: outcome as i32,
             object: Some((*applied.object).clone()),
             revision: applied.revision,
+            results: applied
+                .batch
+                .iter()
+                .map(crate::error::batch_result)
+                .collect(),
         }))
     }
 

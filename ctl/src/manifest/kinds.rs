@@ -650,6 +650,10 @@ pub struct NodeStatus {
     pub last_heartbeat: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimable: Option<Usage>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl Node {
@@ -671,6 +675,8 @@ impl Node {
                 last_heartbeat_ms: st.last_heartbeat.0,
                 usage: st.usage.map(Into::into),
                 address: st.address,
+                reclaimable: st.reclaimable.map(Into::into),
+                message: st.message,
             }),
         }
     }
@@ -689,6 +695,8 @@ impl Node {
                 address: st.address.clone(),
                 last_heartbeat: Time(st.last_heartbeat_ms),
                 usage: st.usage.as_ref().map(Usage::from),
+                reclaimable: st.reclaimable.as_ref().map(Usage::from),
+                message: st.message.clone(),
             }),
         }
     }
@@ -853,6 +861,60 @@ impl Event {
 }
 
 // ---------------------------------------------------------------------------
+// Lease
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub metadata: Metadata,
+    pub spec: LeaseSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaseSpec {
+    #[serde(default)]
+    pub holder: String,
+    #[serde(default, skip_serializing_if = "Time::is_zero")]
+    pub acquired_at: Time,
+    #[serde(default, skip_serializing_if = "Time::is_zero")]
+    pub renewed_at: Time,
+    pub duration: Millis,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub transitions: u64,
+}
+
+impl Lease {
+    fn into_pb(self) -> pb::Lease {
+        pb::Lease {
+            metadata: Some(self.metadata.into()),
+            spec: Some(pb::LeaseSpec {
+                holder: self.spec.holder,
+                acquired_at_ms: self.spec.acquired_at.0,
+                renewed_at_ms: self.spec.renewed_at.0,
+                duration_ms: self.spec.duration.0,
+                transitions: self.spec.transitions,
+            }),
+        }
+    }
+
+    fn from_pb(l: &pb::Lease) -> Lease {
+        let s = l.spec.clone().unwrap_or_default();
+        Lease {
+            metadata: l.metadata.as_ref().map(Metadata::from).unwrap_or_default(),
+            spec: LeaseSpec {
+                holder: s.holder,
+                acquired_at: Time(s.acquired_at_ms),
+                renewed_at: Time(s.renewed_at_ms),
+                duration: Millis(s.duration_ms),
+                transitions: s.transitions,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Any kind
 // ---------------------------------------------------------------------------
 
@@ -864,6 +926,7 @@ pub enum Manifest {
     Job(Job),
     Task(Task),
     Event(Event),
+    Lease(Lease),
 }
 
 impl Manifest {
@@ -875,6 +938,7 @@ impl Manifest {
             pb::Kind::Job => Manifest::Job(from_value(body)?),
             pb::Kind::Task => Manifest::Task(from_value(body)?),
             pb::Kind::Event => Manifest::Event(from_value(body)?),
+            pb::Kind::Lease => Manifest::Lease(from_value(body)?),
             pb::Kind::Unspecified => return Err("kind: required".into()),
         })
     }
@@ -886,6 +950,7 @@ impl Manifest {
             Manifest::Job(j) => j.into_pb()?.into(),
             Manifest::Task(t) => t.into_pb()?.into(),
             Manifest::Event(e) => e.into_pb().into(),
+            Manifest::Lease(l) => l.into_pb().into(),
         })
     }
 
@@ -896,6 +961,7 @@ impl Manifest {
             Some(Body::Job(j)) => Manifest::Job(Job::from_pb(j)),
             Some(Body::Task(t)) => Manifest::Task(Task::from_pb(t)),
             Some(Body::Event(e)) => Manifest::Event(Event::from_pb(e)),
+            Some(Body::Lease(l)) => Manifest::Lease(Lease::from_pb(l)),
             None => Manifest::Namespace(Namespace::default()),
         }
     }
@@ -930,6 +996,7 @@ impl Serialize for Manifest {
             Manifest::Job(b) => tagged("Job", b, s),
             Manifest::Task(b) => tagged("Task", b, s),
             Manifest::Event(b) => tagged("Event", b, s),
+            Manifest::Lease(b) => tagged("Lease", b, s),
         }
     }
 }

@@ -137,7 +137,7 @@ fn parse_document(
     let kind = match kind.as_ref().map(|v| v.as_str()) {
         None => {
             return Err(vec![
-                "kind: required (Namespace, Node, Job, Task or Event)".into(),
+                "kind: required (Namespace, Node, Job, Task, Event or Lease)".into(),
             ]);
         }
         Some(None) => return Err(vec!["kind: must be a string such as Job".into()]),
@@ -145,7 +145,7 @@ fn parse_document(
             Some(kind) => kind,
             None => {
                 return Err(vec![format!(
-                    "kind: {word:?} is not a Berth kind (Namespace, Node, Job, Task or Event)"
+                    "kind: {word:?} is not a Berth kind (Namespace, Node, Job, Task, Event or Lease)"
                 )]);
             }
         },

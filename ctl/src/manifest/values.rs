@@ -257,5 +257,6 @@ manifest_enum!(
         Job = "Job" => Job,
         Task = "Task" => Task,
         Event = "Event" => Event,
+        Lease = "Lease" => Lease,
     } default Job
 );
