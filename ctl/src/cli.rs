@@ -45,6 +45,8 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete objects by name or by manifest.
     Delete(DeleteArgs),
+    /// Change a job's number of replicas.
+    Scale(ScaleArgs),
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
     /// Inspect and change the apiserver's members.
@@ -113,6 +115,17 @@ pub struct DeleteArgs {
     pub ignore_not_found: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// `job NAME` or `job/NAME`.
+    pub target: String,
+    pub name: Option<String>,
+
+    /// The new number of replicas.
+    #[arg(long)]
+    pub replicas: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Every member's role, term, commit and applied index, and health.
@@ -147,4 +160,29 @@ pub struct UpArgs {
     /// Address of the first replica; replica N listens 10·(N-1) ports higher.
     #[arg(long, default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub listen: SocketAddr,
+
+    /// Simulated nodes to run (tasks are bound and marked Running, no
+    /// containers start); 0 for none.
+    #[arg(long, default_value_t = 3)]
+    pub sim_nodes: usize,
+
+    /// CPU of each simulated node.
+    #[arg(long, default_value = "8", value_parser = cpu)]
+    pub node_cpu: i64,
+
+    /// Memory of each simulated node.
+    #[arg(long, default_value = "32Gi", value_parser = memory)]
+    pub node_memory: i64,
+
+    /// Do not run a scheduler (jobs get tasks only from another scheduler).
+    #[arg(long)]
+    pub no_scheduler: bool,
+}
+
+fn cpu(s: &str) -> Result<i64, String> {
+    berth_proto::quantity::parse_cpu(s).map_err(|e| e.to_string())
+}
+
+fn memory(s: &str) -> Result<i64, String> {
+    berth_proto::quantity::parse_memory(s).map_err(|e| e.to_string())
 }

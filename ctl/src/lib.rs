@@ -155,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Get(args) => commands::get::run(&context, args).await,
                 Command::Describe(args) => commands::describe::run(&context, args).await,
                 Command::Delete(args) => commands::delete::run(&context, args).await,
+                Command::Scale(args) => commands::scale::run(&context, args).await,
                 Command::Cluster(command) => commands::cluster::run(&context, command).await,
                 Command::Up(_) | Command::Completion { .. } => Ok(()),
             }

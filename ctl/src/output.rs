@@ -40,7 +40,7 @@ pub fn header(kind: pb::Kind, wide: bool, with_namespace: bool) -> Vec<String> {
     let mut columns: Vec<&str> = match kind {
         pb::Kind::Namespace => vec!["NAME", "PROD QUOTA", "BATCH QUOTA", "AGE"],
         pb::Kind::Node => vec!["NAME", "STATUS", "CPU", "MEMORY", "AGE"],
-        pb::Kind::Job => vec!["NAME", "TIER", "PRIORITY", "READY", "AGE"],
+        pb::Kind::Job => vec!["NAME", "TIER", "PRIORITY", "READY", "STATUS", "AGE"],
         pb::Kind::Task => vec!["NAME", "PHASE", "NODE", "RESTARTS", "AGE"],
         pb::Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         pb::Kind::Lease => vec!["NAME", "HOLDER", "RENEWED", "DURATION", "AGE"],
@@ -124,6 +124,7 @@ pub fn row(object: &pb::Object, wide: bool, with_namespace: bool) -> Vec<String>
                 Tier::show(spec.tier).to_string(),
                 spec.priority.to_string(),
                 format!("{}/{}", status.running, spec.replicas),
+                job_status(&status),
                 age,
             ];
             if wide {
@@ -207,6 +208,17 @@ fn show_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A job's state in a word or two.
+fn job_status(status: &pb::JobStatus) -> String {
+    match status.phase() {
+        pb::JobPhase::Succeeded => "Succeeded".into(),
+        pb::JobPhase::Failed => "Failed".into(),
+        pb::JobPhase::Unspecified => "-".into(),
+        pb::JobPhase::Running if status.pending > 0 => format!("{} pending", status.pending),
+        pb::JobPhase::Running => "Running".into(),
     }
 }
 

@@ -265,6 +265,81 @@ impl BerthClient {
     }
 }
 
+/// The common calls, with failover, for components that need no more than
+/// the answer's body.
+impl BerthClient {
+    pub async fn get(
+        &self,
+        kind: crate::pb::Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<crate::pb::Object, Status> {
+        let request = crate::pb::GetRequest {
+            kind: kind as i32,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            stale: false,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.get(request).await }
+        })
+        .await
+        .map(Response::into_inner)
+    }
+
+    /// Every object of `kind` (all namespaces) and the revision of the list.
+    pub async fn list(
+        &self,
+        kind: crate::pb::Kind,
+        label_selector: &str,
+    ) -> Result<crate::pb::ListResponse, Status> {
+        let request = crate::pb::ListRequest {
+            kind: kind as i32,
+            label_selector: label_selector.to_string(),
+            ..Default::default()
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.list(request).await }
+        })
+        .await
+        .map(Response::into_inner)
+    }
+
+    /// Creates or updates `object` (a non-zero resource_version is a
+    /// precondition); with `create_only`, only creates.
+    pub async fn apply(
+        &self,
+        object: crate::pb::Object,
+        create_only: bool,
+    ) -> Result<crate::pb::ApplyResponse, Status> {
+        let request = crate::pb::ApplyRequest {
+            object: Some(object),
+            create_only,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.apply(request).await }
+        })
+        .await
+        .map(Response::into_inner)
+    }
+
+    pub async fn batch(
+        &self,
+        ops: Vec<crate::pb::BatchOp>,
+    ) -> Result<crate::pb::BatchResponse, Status> {
+        let request = crate::pb::BatchRequest { ops };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.batch(request).await }
+        })
+        .await
+        .map(Response::into_inner)
+    }
+}
+
 fn objects_client(channel: Channel) -> ObjectsClient<Channel> {
     ObjectsClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)

@@ -10,10 +10,13 @@
 //!   the server (which cannot trust clients) and clients (for early errors).
 //! - [`object`]: kind-independent access to objects (names, keys, metadata).
 //! - [`connect`]: the single place where gRPC clients and servers are built.
+//! - [`process`]: logging, clock and shutdown signal, as every binary does them.
 
+pub mod capacity;
 pub mod connect;
 pub mod defaults;
 pub mod object;
+pub mod process;
 pub mod quantity;
 pub mod selector;
 pub mod validate;

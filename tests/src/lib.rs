@@ -160,6 +160,84 @@ impl Drop for ApiServer {
     }
 }
 
+/// A `berth-scheduler` or `berth-agent` process (they print nothing to
+/// wait for: tests wait for what they do to the cluster).
+pub struct Component {
+    child: Option<Child>,
+    pub name: &'static str,
+}
+
+impl Component {
+    /// Starts `binary` (a workspace binary) with `args`.
+    pub fn start(name: &'static str, args: &[&str]) -> Component {
+        let child = Command::new(binary(name))
+            .args(args)
+            .env(
+                "BERTH_LOG",
+                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Component {
+            child: Some(child),
+            name,
+        }
+    }
+
+    /// A scheduler for `servers` with extra flags.
+    pub fn scheduler(servers: &str, args: &[&str]) -> Component {
+        let mut all = vec!["--server", servers];
+        all.extend_from_slice(args);
+        Component::start("berth-scheduler", &all)
+    }
+
+    /// A simulated fleet of `nodes` nodes named `prefix-0…`, with extra flags.
+    pub fn sim_nodes(servers: &str, prefix: &str, nodes: usize, args: &[&str]) -> Component {
+        let nodes = nodes.to_string();
+        let mut all = vec![
+            "--server",
+            servers,
+            "--runtime",
+            "sim",
+            "--sim-nodes",
+            &nodes,
+            "--node-prefix",
+            prefix,
+            "--heartbeat",
+            "500ms",
+        ];
+        all.extend_from_slice(args);
+        Component::start("berth-agent", &all)
+    }
+
+    /// SIGKILL: the process dies without a word.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// Runs `berth-apiserver` with `args`, expecting it to refuse to start;
 /// returns what it printed on stderr.
 pub fn apiserver_refuses(args: &[&str]) -> String {

@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod scale;
 pub mod up;

@@ -3,8 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
+use berth_agent::sim::{SimConfig, SimNode};
 use berth_apiserver::{ApiServer, Config};
+use berth_proto::pb;
+use berth_proto::quantity::{format_cpu, format_memory};
+use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::config;
@@ -46,6 +52,49 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
     let config_file = config::write(&addresses)?;
+    let server_list = addresses.join(",");
+
+    // The scheduler and the simulated nodes run in this process too, and
+    // stop before the apiservers do.
+    let (stop, stopped) = watch::channel(false);
+    let mut components = Vec::new();
+    if !args.no_scheduler {
+        let config = berth_scheduler::Config::new(server_list.clone());
+        components.push(tokio::spawn(berth_scheduler::run(
+            config,
+            Default::default(),
+            stopped.clone(),
+        )));
+    }
+    if args.sim_nodes > 0 {
+        let nodes = (0..args.sim_nodes)
+            .map(|i| SimNode {
+                name: format!("sim-{i}"),
+                allocatable: pb::Resources {
+                    cpu_millis: args.node_cpu,
+                    memory_bytes: args.node_memory,
+                    ..Default::default()
+                },
+                labels: [
+                    (
+                        "zone".to_string(),
+                        format!("zone-{}", (b'a' + (i % 3) as u8) as char),
+                    ),
+                    ("rack".to_string(), format!("rack-{}", i / 3)),
+                ]
+                .into(),
+            })
+            .collect();
+        let config = SimConfig {
+            server: server_list.clone(),
+            nodes,
+            start_latency: Duration::ZERO,
+            batch_runtime: Some(Duration::from_secs(30)),
+            usage: 0.5,
+            heartbeat: Duration::from_secs(2),
+        };
+        components.push(tokio::spawn(berth_agent::sim::run(config, stopped.clone())));
+    }
 
     println!("Berth is up.");
     println!(
@@ -60,27 +109,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
+    if !args.no_scheduler {
+        println!("  scheduler    binpack policy, in this process");
+    }
+    if args.sim_nodes > 0 {
+        println!(
+            "  nodes        {} simulated (sim-0…), {} CPU and {} memory each: tasks are \
+             bound and marked Running, no containers start; batch tasks finish after 30s",
+            args.sim_nodes,
+            format_cpu(args.node_cpu),
+            format_memory(args.node_memory)
+        );
+    }
     println!();
     println!(
         "Try:  berthctl apply -f manifests/   then   berthctl get jobs   and   berthctl cluster status"
     );
     println!("Press Ctrl-C to stop.");
 
-    wait_for_stop().await?;
+    berth_proto::process::shutdown_signal().await?;
     println!("Stopping…");
+    stop.send_replace(true);
+    for component in components {
+        match tokio::time::timeout(Duration::from_secs(5), component).await {
+            Ok(Ok(Err(e))) => eprintln!("warning: {e:#}"),
+            Ok(Err(e)) => eprintln!("warning: {e}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
     for server in servers {
         server.shutdown().await?;
     }
     println!("Stopped. The state stays in {}.", data_dir.display());
-    Ok(())
-}
-
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

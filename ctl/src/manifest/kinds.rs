@@ -6,8 +6,8 @@ use berth_proto::pb::{self, object::Kind as Body};
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    Count, Cpu, EventType, Kind, Memory, Millis, NodeState, Operator, Protocol, RestartPolicy,
-    TaskPhase, Tier, Time, Version,
+    Count, Cpu, EventType, JobPhase, Kind, Memory, Millis, NodeState, Operator, Protocol,
+    RestartPolicy, TaskPhase, Tier, Time, Version,
 };
 use super::{API_VERSION, from_value};
 
@@ -395,6 +395,9 @@ pub struct JobSpec {
     pub spread: Option<Spread>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<Update>,
+    /// Anti-affinity: at most this many of the job's tasks per node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_per_node: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -414,8 +417,10 @@ pub struct Update {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
     #[serde(default)]
     pub desired: u32,
     #[serde(default)]
@@ -426,6 +431,8 @@ pub struct JobStatus {
     pub succeeded: u32,
     #[serde(default)]
     pub failed: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub updated_generation: u64,
 }
 
 impl Job {
@@ -447,6 +454,7 @@ impl Job {
                     max_unavailable: u.max_unavailable,
                     max_surge: u.max_surge,
                 }),
+                max_per_node: s.max_per_node,
             }),
             status: self.status.map(|st| pb::JobStatus {
                 desired: st.desired,
@@ -454,6 +462,8 @@ impl Job {
                 running: st.running,
                 succeeded: st.succeeded,
                 failed: st.failed,
+                phase: st.phase.map_or(0, |p| pb::JobPhase::from(p) as i32),
+                updated_generation: st.updated_generation,
             }),
         })
     }
@@ -480,13 +490,16 @@ impl Job {
                     max_unavailable: u.max_unavailable,
                     max_surge: u.max_surge,
                 }),
+                max_per_node: s.max_per_node,
             },
             status: j.status.as_ref().map(|st| JobStatus {
+                phase: JobPhase::from_pb(st.phase),
                 desired: st.desired,
                 pending: st.pending,
                 running: st.running,
                 succeeded: st.succeeded,
                 failed: st.failed,
+                updated_generation: st.updated_generation,
             }),
         }
     }
@@ -521,6 +534,10 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub job_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_per_node: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -562,6 +579,11 @@ impl Task {
                 template: Some(s.template.into_pb("spec.template")?),
                 constraints: constraints_to_pb(s.constraints),
                 job_generation: s.job_generation,
+                spread: s.spread.map(|sp| pb::Spread {
+                    key: sp.key,
+                    max_skew: sp.max_skew,
+                }),
+                max_per_node: s.max_per_node,
             }),
             status: self.status.map(|st| pb::TaskStatus {
                 phase: st.phase.map_or(0, |p| pb::TaskPhase::from(p) as i32),
@@ -595,6 +617,11 @@ impl Task {
                     .unwrap_or_default(),
                 constraints: constraints_from_pb(&s.constraints),
                 job_generation: s.job_generation,
+                spread: s.spread.map(|sp| Spread {
+                    key: sp.key,
+                    max_skew: sp.max_skew,
+                }),
+                max_per_node: s.max_per_node,
             },
             status: t.status.as_ref().map(|st| TaskStatus {
                 phase: TaskPhase::from_pb(st.phase),

@@ -241,6 +241,13 @@ manifest_enum!(
     } default Pending
 );
 manifest_enum!(
+    JobPhase => pb::JobPhase {
+        Running = "Running" => Running,
+        Succeeded = "Succeeded" => Succeeded,
+        Failed = "Failed" => Failed,
+    } default Running
+);
+manifest_enum!(
     NodeState => pb::NodeState {
         Ready = "Ready" => Ready,
         NotReady = "NotReady" => NotReady,

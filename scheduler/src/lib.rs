@@ -1,0 +1,341 @@
+//! `berth-scheduler`: keeps every job's tasks as its spec says and places
+//! pending tasks on nodes. See README.md in this crate for the pipeline.
+//!
+//! One loop owns the cluster view. It applies what the reflectors report,
+//! then — when this scheduler holds the lease and has listed everything —
+//! runs a cycle: reconcile the jobs that changed, place the tasks that
+//! wait, lend and take back reclaimable resources, and send the writes in
+//! batches. Everything a cycle decides is a pure function of the view
+//! (`reconcile`, `placement`, `reclaim`); only `write` talks to the
+//! apiserver.
+
+pub mod config;
+pub mod lease;
+pub mod placement;
+pub mod reclaim;
+pub mod reconcile;
+pub mod reflect;
+pub mod state;
+pub mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use berth_proto::connect::BerthClient;
+use berth_proto::object::ObjectKey;
+use berth_proto::pb;
+use berth_proto::process::now_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use config::Config;
+use placement::{Decision, Placer};
+use reconcile::Backoff;
+use reflect::Update;
+use state::{ClusterState, JobKey};
+use write::Write;
+
+/// How long a task whose bind was refused (the view was stale) waits before
+/// it is placed again, so that the watch can bring the news.
+const BIND_RETRY: Duration = Duration::from_millis(200);
+
+/// Counters of what this scheduler did, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub cycles: AtomicU64,
+    pub bound: AtomicU64,
+    pub preempted: AtomicU64,
+    pub refused_binds: AtomicU64,
+    pub reconciled: AtomicU64,
+}
+
+/// The scheduler's loop state.
+struct Scheduler {
+    config: Config,
+    client: Arc<BerthClient>,
+    state: ClusterState,
+    backoff: Backoff,
+    /// Jobs to reconcile again at a given Unix time (a backoff running out).
+    wake_jobs: BTreeMap<JobKey, i64>,
+    /// Tasks whose bind was refused: not placed again before this instant.
+    bind_retry: HashMap<ObjectKey, Instant>,
+    /// Set when a usage report arrived since the last reclamation round.
+    usage_changed: bool,
+    stats: Arc<Stats>,
+    seed: usize,
+}
+
+impl Scheduler {
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Listed {
+                kind,
+                objects,
+                revision,
+            } => self.state.relist(kind, objects, revision),
+            Update::Changed(object) => self.state.upsert(object),
+            Update::Deleted(object, revision) => self.state.remove_key(object.key(), revision),
+            Update::Progress { kind, revision } => self.state.forget_tombstones(kind, revision),
+            Update::Usage(report) => {
+                self.state.usage = report
+                    .nodes
+                    .into_iter()
+                    .map(|n| (n.node.clone(), n))
+                    .collect();
+                self.usage_changed = true;
+            }
+        }
+    }
+
+    /// When the loop must run a cycle even if nothing is reported.
+    fn next_wake(&self) -> Option<Instant> {
+        let job = self.wake_jobs.values().min().map(|at_ms| {
+            let wait = (*at_ms - now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        let bind = self.bind_retry.values().min().copied();
+        match (job, bind) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn send(&mut self, groups: Vec<Vec<Write>>) -> write::Report {
+        if groups.is_empty() {
+            return write::Report::default();
+        }
+        write::send(&self.client, groups, self.config.batch, &mut self.state).await
+    }
+
+    /// One round: reconcile, place, reclaim.
+    async fn cycle(&mut self) {
+        self.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+
+        // 1. Jobs whose tasks or spec changed, or whose backoff ran out.
+        let mut jobs = self.state.take_dirty_jobs();
+        let due: Vec<JobKey> = self
+            .wake_jobs
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in due {
+            self.wake_jobs.remove(&job);
+            jobs.push(job);
+        }
+        jobs.sort();
+        jobs.dedup();
+        let mut groups = Vec::new();
+        for job in &jobs {
+            let plan = reconcile::reconcile(&self.state, job, now, &self.backoff);
+            groups.extend(plan.writes);
+            if let Some(at) = plan.wake_at_ms {
+                self.wake_jobs.insert(job.clone(), at);
+            }
+        }
+        self.stats
+            .reconciled
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        self.send(groups).await;
+
+        // 2. Pending tasks, when something that decides where they fit changed.
+        let instant = Instant::now();
+        let retry_due = self.bind_retry.values().any(|at| *at <= instant);
+        self.bind_retry.retain(|_, at| *at > instant);
+        let changed = self.state.placement_changed || self.state.pending_changed || retry_due;
+        if changed && !self.state.pending.is_empty() {
+            self.state.placement_changed = false;
+            self.state.pending_changed = false;
+            self.place(now).await;
+        }
+
+        // 3. Reclamation, when new usage arrived.
+        if self.usage_changed {
+            self.usage_changed = false;
+            let margin = (!self.config.no_reclaim).then_some(self.config.reclaim_margin);
+            let groups = reclaim::plan(&self.state, &self.state.usage, margin, now);
+            let evicted = groups
+                .iter()
+                .flatten()
+                .filter(|w| matches!(w, Write::Create(_)))
+                .count();
+            self.stats
+                .preempted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+            self.send(groups).await;
+        }
+    }
+
+    async fn place(&mut self, now: i64) {
+        let pending: Vec<Arc<pb::Object>> = self
+            .state
+            .pending
+            .iter()
+            .filter(|key| !self.bind_retry.contains_key(*key))
+            .filter_map(|key| self.state.tasks.get(key).cloned())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        self.seed = self.seed.wrapping_add(7919);
+        let decisions = Placer::new(
+            &self.state,
+            self.config.policy,
+            self.config.sample,
+            self.seed,
+        )
+        .place(pending);
+        let mut groups = Vec::with_capacity(decisions.len());
+        let (mut binds, mut victims_total) = (0u64, 0u64);
+        for decision in decisions {
+            match decision {
+                Decision::Bind {
+                    task,
+                    node,
+                    victims,
+                } => {
+                    let mut group = Vec::with_capacity(1 + 2 * victims.len());
+                    for victim in &victims {
+                        let message = format!(
+                            "preempted on node {node} by prod task {}/{}",
+                            task.namespace(),
+                            task.name()
+                        );
+                        group.extend(write::evict(victim, "Preempted", message, now));
+                    }
+                    victims_total += victims.len() as u64;
+                    binds += 1;
+                    group.push(Write::Bind {
+                        task: task.key(),
+                        node,
+                        version: task.resource_version(),
+                    });
+                    groups.push(group);
+                }
+                Decision::Wait { task, reason } => {
+                    // Say why, once: a status write with the version seen,
+                    // so that a task bound meanwhile is not disturbed.
+                    let Some(t) = task.as_task() else { continue };
+                    if t.status.as_ref().is_some_and(|s| s.message == reason) {
+                        continue;
+                    }
+                    let mut waiting = (*task).clone();
+                    if let Some(pb::object::Kind::Task(t)) = &mut waiting.kind {
+                        t.status.get_or_insert_with(Default::default).message = reason;
+                    }
+                    groups.push(vec![Write::Status(waiting)]);
+                }
+            }
+        }
+        let report = self.send(groups).await;
+        let refused = report.refused_binds.len() as u64;
+        self.stats
+            .bound
+            .fetch_add(binds.saturating_sub(refused), Ordering::Relaxed);
+        self.stats
+            .preempted
+            .fetch_add(victims_total, Ordering::Relaxed);
+        self.stats
+            .refused_binds
+            .fetch_add(refused, Ordering::Relaxed);
+        if refused > 0 {
+            tracing::debug!(
+                refused,
+                "binds refused; those tasks wait for the view to catch up"
+            );
+        }
+        let retry_at = Instant::now() + BIND_RETRY;
+        for task in report.refused_binds {
+            self.bind_retry.insert(task, retry_at);
+        }
+    }
+}
+
+/// A default identity: host name and process id.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "scheduler".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs a scheduler until `shutdown` turns true. `stats` counts what it did.
+pub async fn run(
+    config: Config,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let client = Arc::new(BerthClient::from_list(&config.server)?);
+    let identity = config.identity.clone().unwrap_or_else(default_identity);
+    tracing::info!(%identity, policy = ?config.policy, server = %config.server, "scheduler starting");
+
+    let (updates_tx, mut updates) = mpsc::channel(4096);
+    reflect::spawn(
+        client.clone(),
+        &[pb::Kind::Node, pb::Kind::Job, pb::Kind::Task],
+        updates_tx,
+        shutdown.clone(),
+    );
+    let (leading_tx, mut leading) = watch::channel(false);
+    let lease = tokio::spawn(lease::keep(
+        client.clone(),
+        identity,
+        config.lease_duration,
+        leading_tx,
+        shutdown.clone(),
+    ));
+
+    let mut scheduler = Scheduler {
+        backoff: Backoff {
+            first: config.backoff,
+            max: config.max_backoff,
+        },
+        config,
+        client,
+        state: ClusterState::default(),
+        wake_jobs: BTreeMap::new(),
+        bind_retry: HashMap::new(),
+        usage_changed: false,
+        stats,
+        seed: std::process::id() as usize,
+    };
+    let mut was_leading = false;
+    loop {
+        let wake = scheduler.next_wake();
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(update) = update else { break };
+                scheduler.apply(update);
+                // Take in everything already reported before deciding.
+                while let Ok(update) = updates.try_recv() {
+                    scheduler.apply(update);
+                }
+            }
+            Ok(()) = leading.changed() => {}
+            _ = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => break,
+        }
+        let is_leading = *leading.borrow();
+        if is_leading != was_leading {
+            was_leading = is_leading;
+            if is_leading {
+                tracing::info!("active: this scheduler holds the lease");
+                // A new active scheduler looks at everything once.
+                scheduler.state.mark_all_jobs_dirty();
+                scheduler.state.placement_changed = true;
+                scheduler.usage_changed = true;
+            } else {
+                tracing::info!("standby: another scheduler holds the lease");
+            }
+        }
+        if is_leading && scheduler.state.is_synced() {
+            scheduler.cycle().await;
+        }
+    }
+    // Let the lease go so that a standby takes over at once.
+    let _ = lease.await;
+    Ok(())
+}
