@@ -21,6 +21,7 @@ use berth_proto::pb;
 use berth_proto::pb::batch_op::Op;
 use berth_proto::pb::batch_result::Result as Answer;
 use berth_proto::process::now_ms;
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
@@ -48,6 +49,8 @@ pub struct SimConfig {
 
 /// Most writes per Batch request.
 const WRITES_PER_BATCH: usize = 1000;
+/// Batches of status writes in flight at once.
+const IN_FLIGHT: usize = 4;
 /// Pause before re-listing after a broken watch.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -396,27 +399,31 @@ impl Runner {
                 writes.push(changed);
             }
         }
-        for chunk in writes.chunks(WRITES_PER_BATCH) {
-            let request = pb::BatchRequest {
-                ops: chunk
+        // A few batches in flight at once: the apiserver commits them together.
+        let requests: Vec<Vec<pb::BatchOp>> = writes
+            .chunks(WRITES_PER_BATCH)
+            .map(|chunk| {
+                chunk
                     .iter()
                     .map(|o| pb::BatchOp {
                         op: Some(Op::UpdateStatus(pb::UpdateStatusRequest {
                             object: Some(o.clone()),
                         })),
                     })
-                    .collect(),
-            };
-            let response = self
-                .client
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.batch(request).await }
-                })
-                .await;
-            match response {
+                    .collect()
+            })
+            .collect();
+        let client = self.client.clone();
+        let mut answers = futures::stream::iter(requests)
+            .map(move |ops| {
+                let client = client.clone();
+                async move { client.batch(ops).await }
+            })
+            .buffered(IN_FLIGHT);
+        while let Some(answer) = answers.next().await {
+            match answer {
                 Ok(response) => {
-                    for result in response.into_inner().results {
+                    for result in response.results {
                         // Refusals (the task changed meanwhile) are settled
                         // by the watch bringing the new version.
                         if let Some(Answer::Object(object)) = result.result {

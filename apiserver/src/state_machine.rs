@@ -388,6 +388,7 @@ impl StateMachine {
                 meta.generation = 1;
                 meta.resource_version = index;
                 meta.created_at_ms = time_ms;
+                self.admit_placed_task(&key, &mut new)?;
                 new
             }
             Some(current) => {
@@ -426,6 +427,7 @@ impl StateMachine {
         if new == **current {
             return Ok(Plan::unchanged(current.clone()));
         }
+        check_task_status_change(&key, current, &new)?;
         metadata_of(&mut new)?.resource_version = index;
         let lost = node_state(&new) == Some(pb::NodeState::Lost)
             && node_state(current) != Some(pb::NodeState::Lost);
@@ -481,34 +483,7 @@ impl StateMachine {
                 status.node
             )));
         }
-        let node_key = ObjectKey::new(pb::Kind::Node, "", op.node.clone());
-        let node = self
-            .objects
-            .get(&node_key)
-            .and_then(|o| o.as_node().cloned())
-            .ok_or_else(|| ApiError::NotFound(node_key.clone()))?;
-        let state = node
-            .status
-            .as_ref()
-            .map_or(pb::NodeState::Unspecified, |s| s.state());
-        if state != pb::NodeState::Ready {
-            return Err(ApiError::Conflict {
-                key: key.clone(),
-                reason: format!("node {} is {:?}, not Ready", op.node, state),
-            });
-        }
-        if node.spec.as_ref().is_some_and(|s| s.unschedulable) {
-            return Err(ApiError::Conflict {
-                key: key.clone(),
-                reason: format!("node {} is cordoned", op.node),
-            });
-        }
-        self.allocations
-            .check_bind(&op.node, &node, task)
-            .map_err(|reason| ApiError::Conflict {
-                key: key.clone(),
-                reason,
-            })?;
+        self.check_placement(&key, &op.node, task)?;
         let mut new = (**current).clone();
         if let Some(Body::Task(t)) = &mut new.kind {
             let status = t.status.get_or_insert_with(Default::default);
@@ -518,6 +493,45 @@ impl StateMachine {
         }
         metadata_of(&mut new)?.resource_version = index;
         Ok(Plan::put(new, Some(current)))
+    }
+
+    /// Whether `task` may be placed on `node_name`: the node exists, is
+    /// Ready and not cordoned, and has room next to what is bound there.
+    /// Binding and creating a task already placed both go through here.
+    fn check_placement(
+        &self,
+        key: &ObjectKey,
+        node_name: &str,
+        task: &pb::Task,
+    ) -> Result<(), ApiError> {
+        let node_key = ObjectKey::new(pb::Kind::Node, "", node_name);
+        let node = self
+            .objects
+            .get(&node_key)
+            .and_then(|o| o.as_node())
+            .ok_or_else(|| ApiError::NotFound(node_key.clone()))?;
+        let state = node
+            .status
+            .as_ref()
+            .map_or(pb::NodeState::Unspecified, |s| s.state());
+        if state != pb::NodeState::Ready {
+            return Err(ApiError::Conflict {
+                key: key.clone(),
+                reason: format!("node {node_name} is {state:?}, not Ready"),
+            });
+        }
+        if node.spec.as_ref().is_some_and(|s| s.unschedulable) {
+            return Err(ApiError::Conflict {
+                key: key.clone(),
+                reason: format!("node {node_name} is cordoned"),
+            });
+        }
+        self.allocations
+            .check_bind(node_name, node, task)
+            .map_err(|reason| ApiError::Conflict {
+                key: key.clone(),
+                reason,
+            })
     }
 
     fn plan_delete(&self, index: u64, op: &DeleteOp) -> Result<Plan, ApiError> {
@@ -585,6 +599,32 @@ impl StateMachine {
     }
 
     /// Rules that depend on other objects.
+    /// A task created already placed (the scheduler creates and places a
+    /// task in one write, as Nomad's plans do) passes the same check as a
+    /// bind, and starts Scheduled.
+    fn admit_placed_task(&self, key: &ObjectKey, new: &mut pb::Object) -> Result<(), ApiError> {
+        let Some(Body::Task(task)) = &mut new.kind else {
+            return Ok(());
+        };
+        let Some(node) = task
+            .status
+            .as_ref()
+            .map(|s| s.node.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(());
+        };
+        self.check_placement(key, &node, task)?;
+        let status = task.status.get_or_insert_with(Default::default);
+        if matches!(
+            status.phase(),
+            pb::TaskPhase::Unspecified | pb::TaskPhase::Pending
+        ) {
+            status.phase = pb::TaskPhase::Scheduled as i32;
+        }
+        Ok(())
+    }
+
     fn admit(&self, new: &pb::Object, old: Option<&pb::Object>) -> Result<(), ApiError> {
         match &new.kind {
             Some(Body::Job(job)) => {
@@ -884,6 +924,36 @@ fn with_status_of(current: &pb::Object, request: &pb::Object) -> Result<pb::Obje
     Ok(new)
 }
 
+/// What a status write may not do to a task: move it to another node (only
+/// a bind places a task, with the capacity check), or bring an ended task
+/// back (its resources were released; its job replaces it instead).
+fn check_task_status_change(
+    key: &ObjectKey,
+    current: &pb::Object,
+    new: &pb::Object,
+) -> Result<(), ApiError> {
+    let (Some(old), Some(new)) = (
+        current.as_task().and_then(|t| t.status.as_ref()),
+        new.as_task().and_then(|t| t.status.as_ref()),
+    ) else {
+        return Ok(());
+    };
+    if new.node != old.node {
+        return Err(ApiError::FailedPrecondition(format!(
+            "status.node: {key} is on node {:?}; a status write cannot move it to {:?} (bind an unscheduled task instead)",
+            old.node, new.node
+        )));
+    }
+    if old.phase().is_terminal() && !new.phase().is_terminal() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "status.phase: {key} has ended ({:?}) and cannot become {:?}; its job replaces it",
+            old.phase(),
+            new.phase()
+        )));
+    }
+    Ok(())
+}
+
 fn replace<T: Clone + PartialEq>(slot: &mut Option<T>, value: &Option<T>) -> bool {
     let changed = slot != value;
     slot.clone_from(value);
@@ -1126,6 +1196,66 @@ mod tests {
             again.batch[0].as_ref().unwrap_err().code(),
             tonic::Code::FailedPrecondition
         );
+    }
+
+    fn placed(name: &str, node: &str) -> pb::Object {
+        let mut t = task(name, "web");
+        if let Some(Body::Task(t)) = &mut t.kind {
+            t.status = Some(pb::TaskStatus {
+                node: node.into(),
+                ..Default::default()
+            });
+        }
+        t
+    }
+
+    #[test]
+    fn a_task_created_placed_passes_the_bind_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        f.apply(ready_node("n1", 250)).unwrap();
+        f.apply(job("web", "default", 3, 100)).unwrap();
+        f.apply(placed("web-0", "n1")).unwrap();
+        f.apply(placed("web-1", "n1")).unwrap();
+        assert_eq!(
+            phase_of(&f, "web-1"),
+            (pb::TaskPhase::Scheduled, "n1".into())
+        );
+        let full = f.apply(placed("web-2", "n1")).unwrap_err();
+        assert_eq!(full.code(), tonic::Code::Aborted, "{full}");
+        let nowhere = f.apply(placed("web-2", "n9")).unwrap_err();
+        assert_eq!(nowhere.code(), tonic::Code::NotFound, "{nowhere}");
+        assert!(!f.machine.objects.contains_key(&ObjectKey::new(
+            pb::Kind::Task,
+            "default",
+            "web-2"
+        )));
+    }
+
+    #[test]
+    fn a_status_write_neither_moves_a_task_nor_revives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        f.apply(ready_node("n1", 250)).unwrap();
+        f.apply(ready_node("n2", 100)).unwrap();
+        f.apply(job("web", "default", 3, 100)).unwrap();
+        f.apply(placed("web-0", "n1")).unwrap();
+        let update = |node: &str, phase: pb::TaskPhase| {
+            let mut t = placed("web-0", node);
+            if let Some(Body::Task(t)) = &mut t.kind {
+                t.status.as_mut().unwrap().phase = phase as i32;
+            }
+            Op::UpdateStatus(UpdateStatusOp { object: Some(t) })
+        };
+        let moved = f.next(update("n2", pb::TaskPhase::Running)).unwrap_err();
+        assert!(moved.to_string().contains("status.node"), "{moved}");
+        f.next(update("n1", pb::TaskPhase::Preempted)).unwrap();
+        assert!(
+            f.machine.allocations.get("n1").is_none(),
+            "an ended task frees its room"
+        );
+        let revived = f.next(update("n1", pb::TaskPhase::Running)).unwrap_err();
+        assert!(revived.to_string().contains("has ended"), "{revived}");
     }
 
     #[test]

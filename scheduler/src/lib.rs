@@ -18,9 +18,8 @@ pub mod reflect;
 pub mod state;
 pub mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_proto::connect::BerthClient;
@@ -37,19 +36,9 @@ use reflect::Update;
 use state::{ClusterState, JobKey};
 use write::Write;
 
-/// How long a task whose bind was refused (the view was stale) waits before
-/// it is placed again, so that the watch can bring the news.
-const BIND_RETRY: Duration = Duration::from_millis(200);
-
-/// Counters of what this scheduler did, for logs and benchmarks.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub cycles: AtomicU64,
-    pub bound: AtomicU64,
-    pub preempted: AtomicU64,
-    pub refused_binds: AtomicU64,
-    pub reconciled: AtomicU64,
-}
+/// How long a task whose bind (or placed create) was refused — the view was
+/// stale — waits before it is placed again, so that the watch brings news.
+const RETRY: Duration = Duration::from_millis(200);
 
 /// The scheduler's loop state.
 struct Scheduler {
@@ -63,7 +52,6 @@ struct Scheduler {
     bind_retry: HashMap<ObjectKey, Instant>,
     /// Set when a usage report arrived since the last reclamation round.
     usage_changed: bool,
-    stats: Arc<Stats>,
     seed: usize,
 }
 
@@ -111,10 +99,31 @@ impl Scheduler {
 
     /// One round: reconcile, place, reclaim.
     async fn cycle(&mut self) {
-        self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
+        let mut groups = self.reconcile_jobs(now);
+        self.place(&mut groups, now);
+        let report = self.send(groups).await;
+        let retry_at = Instant::now() + RETRY;
+        for task in report.refused_binds {
+            self.bind_retry.insert(task, retry_at);
+        }
+        let retry_at_ms = now_ms() + RETRY.as_millis() as i64;
+        for job in report.refused_creates {
+            self.wake_jobs.insert(job, retry_at_ms);
+        }
 
-        // 1. Jobs whose tasks or spec changed, or whose backoff ran out.
+        // Reclamation, when new usage arrived.
+        if self.usage_changed {
+            self.usage_changed = false;
+            let margin = (!self.config.no_reclaim).then_some(self.config.reclaim_margin);
+            let groups = reclaim::plan(&self.state, &self.state.usage, margin, now);
+            self.send(groups).await;
+        }
+    }
+
+    /// The writes that make the jobs that changed (or whose backoff ran
+    /// out) match their specs.
+    fn reconcile_jobs(&mut self, now: i64) -> Vec<Vec<Write>> {
         let mut jobs = self.state.take_dirty_jobs();
         let due: Vec<JobKey> = self
             .wake_jobs
@@ -136,48 +145,47 @@ impl Scheduler {
                 self.wake_jobs.insert(job.clone(), at);
             }
         }
-        self.stats
-            .reconciled
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        self.send(groups).await;
+        groups
+    }
 
-        // 2. Pending tasks, when something that decides where they fit changed.
+    /// Places the tasks that wait and the tasks `groups` creates. A new task
+    /// is created already placed (one write, as Nomad's plans do); a waiting
+    /// one gets a bind; a prod task's victims are evicted in the same group.
+    fn place(&mut self, groups: &mut Vec<Vec<Write>>, now: i64) {
+        // Where each new task's create is, by task key.
+        let mut created: HashMap<ObjectKey, (usize, usize)> = HashMap::new();
+        let mut deleted: HashSet<ObjectKey> = HashSet::new();
+        let mut candidates: Vec<Arc<pb::Object>> = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            for (w, write) in group.iter().enumerate() {
+                match write {
+                    Write::Create(object) if object.kind() == pb::Kind::Task => {
+                        created.insert(object.key(), (g, w));
+                        candidates.push(Arc::new(object.clone()));
+                    }
+                    Write::Delete { key, .. } => {
+                        deleted.insert(key.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
         let instant = Instant::now();
         let retry_due = self.bind_retry.values().any(|at| *at <= instant);
         self.bind_retry.retain(|_, at| *at > instant);
         let changed = self.state.placement_changed || self.state.pending_changed || retry_due;
-        if changed && !self.state.pending.is_empty() {
+        if changed {
             self.state.placement_changed = false;
             self.state.pending_changed = false;
-            self.place(now).await;
+            candidates.extend(
+                self.state
+                    .pending
+                    .iter()
+                    .filter(|key| !self.bind_retry.contains_key(*key) && !deleted.contains(*key))
+                    .filter_map(|key| self.state.tasks.get(key).cloned()),
+            );
         }
-
-        // 3. Reclamation, when new usage arrived.
-        if self.usage_changed {
-            self.usage_changed = false;
-            let margin = (!self.config.no_reclaim).then_some(self.config.reclaim_margin);
-            let groups = reclaim::plan(&self.state, &self.state.usage, margin, now);
-            let evicted = groups
-                .iter()
-                .flatten()
-                .filter(|w| matches!(w, Write::Create(_)))
-                .count();
-            self.stats
-                .preempted
-                .fetch_add(evicted as u64, Ordering::Relaxed);
-            self.send(groups).await;
-        }
-    }
-
-    async fn place(&mut self, now: i64) {
-        let pending: Vec<Arc<pb::Object>> = self
-            .state
-            .pending
-            .iter()
-            .filter(|key| !self.bind_retry.contains_key(*key))
-            .filter_map(|key| self.state.tasks.get(key).cloned())
-            .collect();
-        if pending.is_empty() {
+        if candidates.is_empty() {
             return;
         }
         self.seed = self.seed.wrapping_add(7919);
@@ -187,9 +195,8 @@ impl Scheduler {
             self.config.sample,
             self.seed,
         )
-        .place(pending);
-        let mut groups = Vec::with_capacity(decisions.len());
-        let (mut binds, mut victims_total) = (0u64, 0u64);
+        .place(candidates);
+        let mut evictions_before: BTreeMap<usize, Vec<Write>> = BTreeMap::new();
         for decision in decisions {
             match decision {
                 Decision::Bind {
@@ -197,60 +204,68 @@ impl Scheduler {
                     node,
                     victims,
                 } => {
-                    let mut group = Vec::with_capacity(1 + 2 * victims.len());
+                    let mut writes = Vec::with_capacity(2 * victims.len() + 1);
                     for victim in &victims {
                         let message = format!(
                             "preempted on node {node} by prod task {}/{}",
                             task.namespace(),
                             task.name()
                         );
-                        group.extend(write::evict(victim, "Preempted", message, now));
+                        writes.extend(write::evict(victim, "Preempted", message, now));
                     }
-                    victims_total += victims.len() as u64;
-                    binds += 1;
-                    group.push(Write::Bind {
-                        task: task.key(),
-                        node,
-                        version: task.resource_version(),
-                    });
-                    groups.push(group);
+                    match created.get(&task.key()) {
+                        Some(&(g, w)) => {
+                            if let Write::Create(object) = &mut groups[g][w] {
+                                set_status(object, |s| s.node = node);
+                            }
+                            // The evictions go first in the create's group
+                            // (spliced in at the end, so that the positions
+                            // in `created` stay right meanwhile).
+                            evictions_before.entry(g).or_default().extend(writes);
+                        }
+                        None => {
+                            writes.push(Write::Bind {
+                                task: task.key(),
+                                node,
+                                version: task.resource_version(),
+                            });
+                            groups.push(writes);
+                        }
+                    }
                 }
-                Decision::Wait { task, reason } => {
-                    // Say why, once: a status write with the version seen,
-                    // so that a task bound meanwhile is not disturbed.
-                    let Some(t) = task.as_task() else { continue };
-                    if t.status.as_ref().is_some_and(|s| s.message == reason) {
-                        continue;
+                Decision::Wait { task, reason } => match created.get(&task.key()) {
+                    Some(&(g, w)) => {
+                        if let Write::Create(object) = &mut groups[g][w] {
+                            set_status(object, |s| s.message = reason);
+                        }
                     }
-                    let mut waiting = (*task).clone();
-                    if let Some(pb::object::Kind::Task(t)) = &mut waiting.kind {
-                        t.status.get_or_insert_with(Default::default).message = reason;
+                    None => {
+                        // Say why, once: a status write with the version
+                        // seen, so that a task bound meanwhile is left alone.
+                        if task
+                            .as_task()
+                            .and_then(|t| t.status.as_ref())
+                            .is_some_and(|s| s.message == reason)
+                        {
+                            continue;
+                        }
+                        let mut waiting = (*task).clone();
+                        set_status(&mut waiting, |s| s.message = reason);
+                        groups.push(vec![Write::Status(waiting)]);
                     }
-                    groups.push(vec![Write::Status(waiting)]);
-                }
+                },
             }
         }
-        let report = self.send(groups).await;
-        let refused = report.refused_binds.len() as u64;
-        self.stats
-            .bound
-            .fetch_add(binds.saturating_sub(refused), Ordering::Relaxed);
-        self.stats
-            .preempted
-            .fetch_add(victims_total, Ordering::Relaxed);
-        self.stats
-            .refused_binds
-            .fetch_add(refused, Ordering::Relaxed);
-        if refused > 0 {
-            tracing::debug!(
-                refused,
-                "binds refused; those tasks wait for the view to catch up"
-            );
+        for (g, evictions) in evictions_before {
+            groups[g].splice(0..0, evictions);
         }
-        let retry_at = Instant::now() + BIND_RETRY;
-        for task in report.refused_binds {
-            self.bind_retry.insert(task, retry_at);
-        }
+    }
+}
+
+/// Changes a task object's status.
+fn set_status(object: &mut pb::Object, change: impl FnOnce(&mut pb::TaskStatus)) {
+    if let Some(pb::object::Kind::Task(t)) = &mut object.kind {
+        change(t.status.get_or_insert_with(Default::default));
     }
 }
 
@@ -262,12 +277,8 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Runs a scheduler until `shutdown` turns true. `stats` counts what it did.
-pub async fn run(
-    config: Config,
-    stats: Arc<Stats>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// Runs a scheduler until `shutdown` turns true.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let client = Arc::new(BerthClient::from_list(&config.server)?);
     let identity = config.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(%identity, policy = ?config.policy, server = %config.server, "scheduler starting");
@@ -299,7 +310,6 @@ pub async fn run(
         wake_jobs: BTreeMap::new(),
         bind_retry: HashMap::new(),
         usage_changed: false,
-        stats,
         seed: std::process::id() as usize,
     };
     let mut was_leading = false;

@@ -9,7 +9,9 @@ use berth_proto::pb;
 use berth_proto::pb::batch_op::Op;
 use berth_proto::pb::batch_result::Result as Answer;
 
-use crate::state::ClusterState;
+use futures::StreamExt;
+
+use crate::state::{ClusterState, JobKey};
 
 /// One write.
 #[derive(Debug, Clone)]
@@ -56,10 +58,6 @@ impl Write {
             }),
         };
         pb::BatchOp { op: Some(op) }
-    }
-
-    fn is_delete(&self) -> bool {
-        matches!(self, Write::Delete { .. })
     }
 }
 
@@ -122,74 +120,103 @@ pub struct Report {
     pub failed: usize,
     /// Tasks whose bind was refused (the view was stale): they wait a little.
     pub refused_binds: Vec<ObjectKey>,
+    /// Jobs one of whose tasks could not be created (placed on a node that
+    /// turned out full, or already there): reconciled again a little later.
+    pub refused_creates: Vec<JobKey>,
+}
+
+/// Batches in flight at once: the apiserver commits concurrent batches
+/// together, so a few in flight keep its log busy.
+const IN_FLIGHT: usize = 4;
+
+/// What to do with the answer to one write.
+enum Answering {
+    Upsert,
+    /// A delete: gone as of the batch's revision.
+    Remove,
+    Bind(ObjectKey),
+    Create(Option<JobKey>),
+}
+
+impl Answering {
+    fn of(write: &Write) -> Answering {
+        match write {
+            Write::Delete { .. } => Answering::Remove,
+            Write::Bind { task, .. } => Answering::Bind(task.clone()),
+            Write::Create(object) => Answering::Create(
+                object
+                    .as_task()
+                    .and_then(|t| t.spec.as_ref())
+                    .map(|s| (object.namespace().to_string(), s.job.clone())),
+            ),
+            Write::Status(_) => Answering::Upsert,
+        }
+    }
 }
 
 /// Sends `groups` of writes, at most `max` per batch (a group is never
-/// split), and takes every answer into `state`.
+/// split), a few batches at a time, and takes every answer into `state`.
 pub async fn send(
     client: &BerthClient,
     groups: Vec<Vec<Write>>,
     max: usize,
     state: &mut ClusterState,
 ) -> Report {
-    let mut report = Report::default();
+    let mut batches: Vec<Vec<Write>> = Vec::new();
     let mut chunk: Vec<Write> = Vec::new();
     for group in groups {
         if !chunk.is_empty() && chunk.len() + group.len() > max.max(1) {
-            flush(client, std::mem::take(&mut chunk), state, &mut report).await;
+            batches.push(std::mem::take(&mut chunk));
         }
         chunk.extend(group);
     }
     if !chunk.is_empty() {
-        flush(client, chunk, state, &mut report).await;
+        batches.push(chunk);
+    }
+    let mut answers = futures::stream::iter(batches.into_iter().map(|writes| {
+        let answering: Vec<Answering> = writes.iter().map(Answering::of).collect();
+        let ops = writes.into_iter().map(Write::op).collect();
+        async move { (answering, client.batch(ops).await) }
+    }))
+    .buffered(IN_FLIGHT);
+    let mut report = Report::default();
+    while let Some((answering, response)) = answers.next().await {
+        take_answers(answering, response, state, &mut report);
     }
     report
 }
 
-async fn flush(
-    client: &BerthClient,
-    writes: Vec<Write>,
+fn take_answers(
+    answering: Vec<Answering>,
+    response: Result<pb::BatchResponse, tonic::Status>,
     state: &mut ClusterState,
     report: &mut Report,
 ) {
-    let kinds: Vec<(bool, Option<ObjectKey>)> = writes
-        .iter()
-        .map(|w| {
-            let bind = match w {
-                Write::Bind { task, .. } => Some(task.clone()),
-                _ => None,
-            };
-            (w.is_delete(), bind)
-        })
-        .collect();
-    let response = client
-        .batch(writes.into_iter().map(Write::op).collect())
-        .await;
-    let (results, revision) = match response {
-        Ok(response) => (response.results, response.revision),
+    let response = match response {
+        Ok(response) => response,
         Err(status) => {
-            tracing::warn!(error = %status.message(), writes = kinds.len(), "a batch of writes failed");
-            report.failed += kinds.len();
+            tracing::warn!(error = %status.message(), writes = answering.len(), "a batch of writes failed");
+            report.failed += answering.len();
             return;
         }
     };
-    for ((is_delete, bind), result) in kinds.into_iter().zip(results) {
+    let revision = response.revision;
+    for (answering, result) in answering.into_iter().zip(response.results) {
         match result.result {
             Some(Answer::Object(object)) => {
                 report.written += 1;
-                if is_delete {
-                    // The answer is the object as it was; it is gone as of
-                    // the batch's revision.
-                    state.remove_key(object.key(), revision);
-                } else {
-                    state.upsert(object);
+                match answering {
+                    Answering::Remove => state.remove_key(object.key(), revision),
+                    _ => state.upsert(object),
                 }
             }
             Some(Answer::Error(error)) => {
                 report.failed += 1;
                 tracing::debug!(code = error.code, error = %error.message, "write refused");
-                if let Some(task) = bind {
-                    report.refused_binds.push(task);
+                match answering {
+                    Answering::Bind(task) => report.refused_binds.push(task),
+                    Answering::Create(Some(job)) => report.refused_creates.push(job),
+                    _ => {}
                 }
             }
             None => report.failed += 1,

@@ -60,11 +60,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut components = Vec::new();
     if !args.no_scheduler {
         let config = berth_scheduler::Config::new(server_list.clone());
-        components.push(tokio::spawn(berth_scheduler::run(
-            config,
-            Default::default(),
-            stopped.clone(),
-        )));
+        components.push(tokio::spawn(berth_scheduler::run(config, stopped.clone())));
     }
     if args.sim_nodes > 0 {
         let nodes = (0..args.sim_nodes)

@@ -340,8 +340,17 @@ impl<'a> Placer<'a> {
                 victims: Vec::new(),
             });
         }
+        // Once preemption finds no room for one task, it finds none for the
+        // class's others: they need the same and nothing was freed.
+        let mut no_room = false;
         for task in unplaced {
-            match self.preempt(class, &task, &per_node, spread.as_ref()) {
+            let preempted = if no_room {
+                None
+            } else {
+                self.preempt(class, &task, &per_node, spread.as_ref())
+            };
+            no_room = preempted.is_none();
+            match preempted {
                 Some((name, victims)) => {
                     let domain = spread
                         .as_ref()
@@ -598,8 +607,22 @@ pub(crate) mod tests {
         let mut s = ClusterState::default();
         s.upsert(node("n1", 4000, &[]));
         s.upsert(node("n2", 4000, &[]));
+        // A quarter of a node's CPU and memory each: nothing to strand, so
+        // binpack is free to fill.
         let pending: Vec<_> = (0..4)
-            .map(|i| Arc::new(task(&format!("j-{i}"), "j", pb::Tier::Batch, 1000, "", i)))
+            .map(|i| {
+                let mut t = task(&format!("j-{i}"), "j", pb::Tier::Batch, 1000, "", i);
+                if let Some(pb::object::Kind::Task(t)) = &mut t.kind
+                    && let Some(r) = t
+                        .spec
+                        .as_mut()
+                        .and_then(|s| s.template.as_mut())
+                        .and_then(|t| t.resources.as_mut())
+                {
+                    r.memory_bytes = 16 << 30;
+                }
+                Arc::new(t)
+            })
             .collect();
         let decisions = Placer::new(&s, Policy::Binpack, 0, 0).place(pending.clone());
         let nodes = bound_nodes(&decisions);

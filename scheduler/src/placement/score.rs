@@ -13,52 +13,107 @@
 use super::{Class, Policy};
 use crate::state::NodeView;
 
-/// How much the imbalance between CPU and memory costs, against fullness.
+/// How much CPU and memory out of step with each other cost, against
+/// fullness (both policies, like Kubernetes' balanced allocation).
 const BALANCE_WEIGHT: f64 = 0.5;
-/// How much a CPU-only task on a node with idle GPUs costs.
+/// How much a CPU-only task on a node with idle GPUs costs (both policies).
 const GPU_WASTE_WEIGHT: f64 = 1.0;
+/// Binpack: how much stranding CPU or memory costs — a node whose CPU is
+/// nearly gone while much memory is free (or the reverse).
+const STRANDED_HOST_WEIGHT: f64 = 2.0;
+/// Binpack: how much GPU left without the CPU or memory to use it costs.
+const STRANDED_GPU_WEIGHT: f64 = 3.0;
 
-/// The fractions of CPU, memory (and GPU) the node would have promised
-/// after taking the class's task.
-fn fractions(node: &NodeView, class: &Class) -> (f64, f64, Option<f64>, f64) {
-    let cap = &node.capacity.allocatable;
-    let used = node.prod.plus(&node.batch).plus(&class.asked);
-    let frac = |used: i64, cap: i64| {
-        if cap > 0 {
-            used as f64 / cap as f64
-        } else {
-            1.0
+/// What a node would have promised after taking one task of the class, as
+/// fractions of its allocatable resources.
+struct After {
+    cpu: f64,
+    memory: f64,
+    /// `None` on a node without GPUs.
+    gpu: Option<f64>,
+    /// Whether the class asks for GPUs.
+    wants_gpu: bool,
+}
+
+impl After {
+    fn of(node: &NodeView, class: &Class) -> After {
+        let cap = &node.capacity.allocatable;
+        let used = node.prod.plus(&node.batch).plus(&class.asked);
+        let frac = |used: i64, cap: i64| {
+            if cap > 0 {
+                used as f64 / cap as f64
+            } else {
+                1.0
+            }
+        };
+        let gpus = cap.extended("gpu");
+        After {
+            cpu: frac(used.cpu, cap.cpu),
+            memory: frac(used.memory, cap.memory),
+            gpu: (gpus > 0).then(|| frac(used.extended("gpu"), gpus)),
+            wants_gpu: class.asked.extended("gpu") > 0,
         }
-    };
-    let cpu = frac(used.cpu, cap.cpu);
-    let memory = frac(used.memory, cap.memory);
-    let gpus = cap.extended("gpu");
-    let gpu = (class.asked.extended("gpu") > 0).then(|| frac(used.extended("gpu"), gpus));
-    // A task that needs no GPU, on a node whose GPUs are idle.
-    let idle_gpus = if class.asked.extended("gpu") == 0 && gpus > 0 {
-        (gpus - node.prod.plus(&node.batch).extended("gpu")).max(0) as f64 / gpus as f64
-    } else {
-        0.0
-    };
-    (cpu, memory, gpu, idle_gpus)
+    }
+
+    /// How full the node is in the resources the task asks for.
+    fn fullness(&self) -> f64 {
+        match self.gpu {
+            Some(g) if self.wants_gpu => (self.cpu + self.memory + g) / 3.0,
+            _ => (self.cpu + self.memory) / 2.0,
+        }
+    }
+
+    /// CPU and memory out of step with each other.
+    fn imbalance(&self) -> f64 {
+        (self.cpu - self.memory).abs()
+    }
+
+    /// The share of the node's GPUs left free that its free CPU or memory
+    /// could no longer feed (at the node's own ratio): GPUs nobody can use.
+    fn stranded_gpu(&self) -> f64 {
+        let Some(g) = self.gpu else { return 0.0 };
+        let free_gpu = 1.0 - g;
+        let free_host = (1.0 - self.cpu).min(1.0 - self.memory);
+        (free_gpu - free_host).max(0.0)
+    }
+
+    /// The share of the freer of CPU and memory that the other no longer
+    /// matches: 0 when both are equally free, 1 when one is gone and the
+    /// other is not. Unlike `imbalance` it grows as the node fills, where
+    /// stranding is for good.
+    fn stranded_host(&self) -> f64 {
+        let (cpu, memory) = (1.0 - self.cpu, 1.0 - self.memory);
+        let freer = cpu.max(memory);
+        if freer > 0.0 {
+            (freer - cpu.min(memory)) / freer
+        } else {
+            0.0
+        }
+    }
+
+    /// For a CPU-only task: the share of the node's GPUs still idle, which
+    /// the task's CPU and memory would rather leave to GPU tasks.
+    fn idle_gpu(&self) -> f64 {
+        match self.gpu {
+            Some(g) if !self.wants_gpu => 1.0 - g,
+            _ => 0.0,
+        }
+    }
 }
 
 /// The node's score for a task of `class` under `policy`; `index` is the
 /// node's position in name order (first fit prefers the lowest).
 pub fn score(policy: Policy, node: &NodeView, class: &Class, index: usize) -> f64 {
-    let (cpu, memory, gpu, idle_gpus) = fractions(node, class);
-    let (fullness, imbalance) = match gpu {
-        Some(g) => (
-            (cpu + memory + g) / 3.0,
-            (cpu - memory).abs().max((g - cpu).abs() / 2.0),
-        ),
-        None => ((cpu + memory) / 2.0, (cpu - memory).abs()),
-    };
+    let after = After::of(node, class);
+    let penalty = BALANCE_WEIGHT * after.imbalance() + GPU_WASTE_WEIGHT * after.idle_gpu();
     match policy {
-        Policy::Binpack => fullness - BALANCE_WEIGHT * imbalance - GPU_WASTE_WEIGHT * idle_gpus,
-        Policy::Spread => {
-            (1.0 - fullness) - BALANCE_WEIGHT * imbalance - GPU_WASTE_WEIGHT * idle_gpus
+        Policy::Binpack => {
+            after.fullness()
+                - penalty
+                - STRANDED_HOST_WEIGHT * after.stranded_host()
+                - STRANDED_GPU_WEIGHT * after.stranded_gpu()
         }
+        Policy::Spread => (1.0 - after.fullness()) - penalty,
         Policy::Firstfit => -(index as f64),
     }
 }
@@ -108,6 +163,38 @@ mod tests {
         assert!(
             score(Policy::Binpack, &cpu_node, &c, 1) > score(Policy::Binpack, &gpu_node, &c, 0)
         );
+    }
+
+    #[test]
+    fn binpack_leaves_cpu_for_free_gpus() {
+        // A GPU task: on the CPU-heavy node it would leave GPUs free with
+        // almost no CPU to feed them; on the other, nothing is stranded.
+        let mut c = class(pb::Tier::Batch, 10_000, "");
+        c.asked.extended.insert("gpu".into(), 1);
+        let gpu_node = |name: &str, cpu_used: i64| {
+            let mut n = view(name, 96_000, &[]);
+            n.capacity.allocatable.extended.insert("gpu".into(), 8);
+            n.batch.cpu = cpu_used;
+            n.batch.extended.insert("gpu".into(), 4);
+            n
+        };
+        let cpu_heavy = gpu_node("a", 80_000);
+        let light = gpu_node("b", 20_000);
+        assert!(score(Policy::Binpack, &light, &c, 1) > score(Policy::Binpack, &cpu_heavy, &c, 0));
+    }
+
+    #[test]
+    fn binpack_does_not_fill_cpu_where_memory_would_be_left() {
+        // The first node is fuller (95% CPU, 80% memory after the task),
+        // but its last memory would be stranded: four times the CPU left.
+        let c = class(pb::Tier::Batch, 1000, "");
+        let mut cpu_bound = view("a", 10_000, &[]);
+        cpu_bound.batch.cpu = 8_500;
+        cpu_bound.batch.memory = 51 << 30;
+        let mut even = view("b", 10_000, &[]);
+        even.batch.cpu = 6_000;
+        even.batch.memory = 45 << 30;
+        assert!(score(Policy::Binpack, &even, &c, 1) > score(Policy::Binpack, &cpu_bound, &c, 0));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! target/release/berth-bench writes --clients 1,64 --duration 10s   # one member
 //! target/release/berth-bench memory --tasks 100000
 //! target/release/berth-bench cluster --clients 64 --etcd            # 3 members vs etcd 3.4
+//! target/release/berth-bench trace openb                            # scheduler, per policy
+//! target/release/berth-bench trace alibaba2017 --tasks 100000
+//! target/release/berth-bench synthetic --nodes 10000 --tasks 100000
 //! ```
 //!
 //! Each run starts its own `berth-apiserver` members (the binary next to this
@@ -16,6 +19,9 @@ mod catch_up;
 mod cluster;
 mod etcd;
 mod load;
+mod pack;
+mod replay;
+mod workload;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -76,6 +82,54 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         clients: u64,
     },
+    /// Replays a production trace through apiserver members, the scheduler
+    /// and simulated nodes, once per scoring policy: tasks bound per second
+    /// end to end, tasks left pending, and how full the cluster was when the
+    /// first task no longer fit.
+    Trace {
+        /// openb (Alibaba GPU cluster 2023) or alibaba2017 (batch).
+        #[arg(value_parser = ["openb", "alibaba2017"])]
+        trace: String,
+        /// Tasks taken from the alibaba2017 trace (in creation order).
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Where the traces are.
+        #[arg(long, default_value = "../shared/traces")]
+        traces: std::path::PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Placement alone, in this process (no apiserver): how each policy
+    /// packs a workload, and what placement costs.
+    Pack {
+        /// openb, alibaba2017 or synthetic.
+        #[arg(value_parser = ["openb", "alibaba2017", "synthetic"])]
+        workload: String,
+        /// Tasks (alibaba2017 and synthetic).
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Nodes (synthetic).
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value = "../shared/traces")]
+        traces: std::path::PathBuf,
+        #[arg(long, default_value = "binpack,spread,firstfit", value_delimiter = ',')]
+        policies: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        sample: usize,
+        /// Tasks arriving between two placement rounds.
+        #[arg(long, default_value_t = 500)]
+        arrival: usize,
+    },
+    /// The same with made-up jobs on uniform nodes.
+    Synthetic {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Resident memory of an apiserver holding many task objects.
     Memory {
         #[arg(long, default_value_t = 100_000)]
@@ -84,6 +138,33 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         clients: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scoring policies to compare, comma-separated.
+    #[arg(long, default_value = "binpack,spread,firstfit", value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Feasible nodes the scheduler examines per class (0: all).
+    #[arg(long, default_value_t = 0)]
+    sample: usize,
+    /// apiserver members.
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Extra flags for berth-scheduler (e.g. --scheduler-arg=--batch=500).
+    #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
+    scheduler_args: Vec<String>,
+}
+
+impl RunArgs {
+    fn options(&self) -> replay::Options {
+        replay::Options {
+            replicas: self.replicas,
+            policy: String::new(),
+            sample: self.sample,
+            scheduler_args: self.scheduler_args.clone(),
+        }
+    }
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -101,6 +182,38 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => writes(&clients, duration, server).await,
         Bench::Memory { tasks, clients } => memory(tasks, clients).await,
+        Bench::Trace {
+            trace,
+            tasks,
+            traces,
+            run,
+        } => {
+            let workload = match trace.as_str() {
+                "openb" => workload::openb(&traces)?,
+                _ => workload::alibaba2017(&traces, tasks)?,
+            };
+            replay::compare(&workload, &run.policies, run.options()).await
+        }
+        Bench::Pack {
+            workload,
+            tasks,
+            nodes,
+            traces,
+            policies,
+            sample,
+            arrival,
+        } => {
+            let workload = match workload.as_str() {
+                "openb" => workload::openb(&traces)?,
+                "alibaba2017" => workload::alibaba2017(&traces, tasks)?,
+                _ => workload::synthetic(nodes, tasks),
+            };
+            pack::compare(&workload, &policies, sample, arrival)
+        }
+        Bench::Synthetic { nodes, tasks, run } => {
+            let workload = workload::synthetic(nodes, tasks);
+            replay::compare(&workload, &run.policies, run.options()).await
+        }
         Bench::CatchUp { writes, clients } => catch_up::run(writes, clients).await,
         Bench::Cluster {
             replicas,
