@@ -5,9 +5,10 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = berthctl::cli::Cli::parse();
-    // Components started by `up` log to stderr; other commands only warn.
+    // Components started by `up` log to stderr (raft's own chatter only
+    // when it matters); other commands only warn.
     let default_level = if matches!(cli.command, berthctl::cli::Command::Up(_)) {
-        "info"
+        "info,raft=warn"
     } else {
         "warn"
     };

@@ -18,7 +18,7 @@ pub mod reflect;
 pub mod state;
 pub mod write;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,8 +101,15 @@ impl Scheduler {
     async fn cycle(&mut self) {
         let now = now_ms();
         let mut groups = self.reconcile_jobs(now);
-        self.place(&mut groups, now);
-        let report = self.send(groups).await;
+        let waiting = self.place(&mut groups, now);
+        let mut report = self.send(groups).await;
+        // Writes that say a task waits go once what was placed before them
+        // is committed: "no room" is then true of the stored state too.
+        if !waiting.is_empty() {
+            let later = self.send(waiting).await;
+            report.refused_binds.extend(later.refused_binds);
+            report.refused_creates.extend(later.refused_creates);
+        }
         let retry_at = Instant::now() + RETRY;
         for task in report.refused_binds {
             self.bind_retry.insert(task, retry_at);
@@ -151,16 +158,28 @@ impl Scheduler {
     /// Places the tasks that wait and the tasks `groups` creates. A new task
     /// is created already placed (one write, as Nomad's plans do); a waiting
     /// one gets a bind; a prod task's victims are evicted in the same group.
-    fn place(&mut self, groups: &mut Vec<Vec<Write>>, now: i64) {
+    /// Returns the groups that record a task left waiting (taken out of
+    /// `groups`), to be sent after the rest.
+    fn place(&mut self, groups: &mut Vec<Vec<Write>>, now: i64) -> Vec<Vec<Write>> {
         // Where each new task's create is, by task key.
         let mut created: HashMap<ObjectKey, (usize, usize)> = HashMap::new();
         let mut deleted: HashSet<ObjectKey> = HashSet::new();
+        let mut arrived: HashMap<ObjectKey, i64> = HashMap::new();
         let mut candidates: Vec<Arc<pb::Object>> = Vec::new();
         for (g, group) in groups.iter().enumerate() {
             for (w, write) in group.iter().enumerate() {
                 match write {
                     Write::Create(object) if object.kind() == pb::Kind::Task => {
                         created.insert(object.key(), (g, w));
+                        // A new task arrived when its job did.
+                        let job = object
+                            .as_task()
+                            .and_then(|t| t.spec.as_ref())
+                            .map(|s| (object.namespace().to_string(), s.job.clone()));
+                        if let Some(job) = job.and_then(|j| self.state.jobs.get(&j)) {
+                            let created = job.metadata().map_or(0, |m| m.created_at_ms);
+                            arrived.insert(object.key(), created);
+                        }
                         candidates.push(Arc::new(object.clone()));
                     }
                     Write::Delete { key, .. } => {
@@ -186,7 +205,7 @@ impl Scheduler {
             );
         }
         if candidates.is_empty() {
-            return;
+            return Vec::new();
         }
         self.seed = self.seed.wrapping_add(7919);
         let decisions = Placer::new(
@@ -195,8 +214,11 @@ impl Scheduler {
             self.config.sample,
             self.seed,
         )
+        .with_arrivals(arrived)
         .place(candidates);
         let mut evictions_before: BTreeMap<usize, Vec<Write>> = BTreeMap::new();
+        let mut waiting: Vec<Vec<Write>> = Vec::new();
+        let mut groups_with_waits: BTreeSet<usize> = BTreeSet::new();
         for decision in decisions {
             match decision {
                 Decision::Bind {
@@ -238,6 +260,7 @@ impl Scheduler {
                         if let Write::Create(object) = &mut groups[g][w] {
                             set_status(object, |s| s.message = reason);
                         }
+                        groups_with_waits.insert(g);
                     }
                     None => {
                         // Say why, once: a status write with the version
@@ -249,9 +272,9 @@ impl Scheduler {
                         {
                             continue;
                         }
-                        let mut waiting = (*task).clone();
-                        set_status(&mut waiting, |s| s.message = reason);
-                        groups.push(vec![Write::Status(waiting)]);
+                        let mut task_waiting = (*task).clone();
+                        set_status(&mut task_waiting, |s| s.message = reason);
+                        waiting.push(vec![Write::Status(task_waiting)]);
                     }
                 },
             }
@@ -259,6 +282,11 @@ impl Scheduler {
         for (g, evictions) in evictions_before {
             groups[g].splice(0..0, evictions);
         }
+        // Highest index first, so that the ones left keep their positions.
+        for g in groups_with_waits.into_iter().rev() {
+            waiting.push(groups.remove(g));
+        }
+        waiting
     }
 }
 

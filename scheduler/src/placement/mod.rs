@@ -120,36 +120,55 @@ fn job_rules(task: &pb::Task) -> (Option<(String, u32)>, u32) {
     (spread, spec.max_per_node)
 }
 
-/// Groups pending tasks into classes, most important first.
-pub fn classify(pending: Vec<Arc<pb::Object>>) -> Vec<Class> {
+/// When a task arrived, for first come, first served within a priority: the
+/// time it was created, or, for a task about to be created, what `arrived`
+/// says (its job's creation time); then its version and name, so that the
+/// order is total.
+fn arrival<'t>(task: &'t pb::Object, arrived: &HashMap<ObjectKey, i64>) -> (i64, u64, &'t str) {
+    let created = task.metadata().map_or(0, |m| m.created_at_ms);
+    let at = match task.resource_version() {
+        0 => arrived.get(&task.key()).copied().unwrap_or(created),
+        _ => created,
+    };
+    (at, task.resource_version(), task.name())
+}
+
+/// Groups pending tasks into classes, most important first: prod before
+/// batch, then by priority, then the class whose oldest task arrived first;
+/// within a class, oldest first.
+pub fn classify(
+    pending: Vec<Arc<pb::Object>>,
+    arrived: &HashMap<ObjectKey, i64>,
+    per_task: bool,
+) -> Vec<Class> {
     let mut classes: BTreeMap<String, Class> = BTreeMap::new();
     for object in pending {
         let Some(task) = object.as_task() else {
             continue;
         };
-        let Some((key, class)) = class_key(task, object.namespace()) else {
+        let Some((mut key, class)) = class_key(task, object.namespace()) else {
             continue;
         };
+        if per_task {
+            key = format!("{key}|{:?}", object.key());
+        }
         classes.entry(key).or_insert(class).tasks.push(object);
     }
     let mut classes: Vec<Class> = classes.into_values().collect();
     for class in &mut classes {
-        class.tasks.sort_by_key(|t| t.resource_version());
+        class
+            .tasks
+            .sort_by(|a, b| arrival(a, arrived).cmp(&arrival(b, arrived)));
     }
     classes.sort_by(|a, b| {
+        let oldest_a = a.tasks.first().map(|t| arrival(t, arrived));
+        let oldest_b = b.tasks.first().map(|t| arrival(t, arrived));
         b.prod
             .cmp(&a.prod)
             .then(b.priority.cmp(&a.priority))
-            .then(oldest(a).cmp(&oldest(b)))
+            .then(oldest_a.cmp(&oldest_b))
     });
     classes
-}
-
-fn oldest(class: &Class) -> u64 {
-    class
-        .tasks
-        .first()
-        .map_or(u64::MAX, |t| t.resource_version())
 }
 
 /// A score that orders (NaN is never produced; it would sort low).
@@ -183,6 +202,10 @@ pub struct Placer<'a> {
     evicted: HashSet<ObjectKey>,
     /// Where relaxed-random sampling starts.
     start: usize,
+    /// See [`Placer::with_arrivals`].
+    arrived: HashMap<ObjectKey, i64>,
+    /// See [`Placer::without_classes`].
+    per_task: bool,
 }
 
 impl<'a> Placer<'a> {
@@ -207,6 +230,8 @@ impl<'a> Placer<'a> {
             placed: HashMap::new(),
             evicted: HashSet::new(),
             start,
+            arrived: HashMap::new(),
+            per_task: false,
         }
     }
 
@@ -224,10 +249,25 @@ impl<'a> Placer<'a> {
         self.overlay.get_mut(name)
     }
 
+    /// When tasks about to be created arrived (their job's creation), so
+    /// that they take their turn among the pending ones.
+    pub fn with_arrivals(mut self, arrived: HashMap<ObjectKey, i64>) -> Placer<'a> {
+        self.arrived = arrived;
+        self
+    }
+
+    /// Places every task on its own, as if no two were alike: no
+    /// equivalence classes, so feasibility and scores are computed per task
+    /// (for measuring what classes save).
+    pub fn without_classes(mut self) -> Placer<'a> {
+        self.per_task = true;
+        self
+    }
+
     /// Decides for every pending task.
     pub fn place(&mut self, pending: Vec<Arc<pb::Object>>) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        for class in classify(pending) {
+        for class in classify(pending, &self.arrived, self.per_task) {
             self.place_class(&class, &mut decisions);
         }
         decisions
@@ -292,13 +332,15 @@ impl<'a> Placer<'a> {
                 let Some(node) = self.view(name) else {
                     continue;
                 };
-                if !feasible::fits(node, class)
-                    || !feasible::below_per_node_limit(
-                        per_node.get(name).copied().unwrap_or(0),
-                        class,
-                    )
+                // A node full for this class stays so for the rest of it.
+                if !feasible::fits(node, class) {
+                    why.note(Reason::Resources);
+                    continue;
+                }
+                if !feasible::below_per_node_limit(per_node.get(name).copied().unwrap_or(0), class)
                 {
-                    continue; // full for this class from now on
+                    why.note(Reason::AntiAffinity);
+                    continue;
                 }
                 let domain = spread
                     .as_ref()
@@ -589,6 +631,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn within_a_priority_the_first_to_arrive_is_placed_first() {
+        let created_at = |mut t: pb::Object, ms: i64| {
+            if let Some(meta) = t.metadata_mut() {
+                meta.created_at_ms = ms;
+            }
+            Arc::new(t)
+        };
+        // A pending task that arrived at 2000, and a task about to be
+        // created (version 0): its job's arrival decides its turn.
+        let waiting = created_at(task("w-0", "w", pb::Tier::Batch, 100, "", 7), 2_000);
+        let new = Arc::new(task("n-0", "n", pb::Tier::Batch, 300, "", 0));
+        let first = |job_arrived: i64| {
+            let arrived = HashMap::from([(new.key(), job_arrived)]);
+            let classes = classify(vec![waiting.clone(), new.clone()], &arrived, false);
+            classes[0].tasks[0].name().to_string()
+        };
+        assert_eq!(first(1_000), "n-0");
+        assert_eq!(first(3_000), "w-0");
+        // Each task its own class when classes are off.
+        let pending: Vec<_> = (0..3)
+            .map(|i| {
+                Arc::new(task(
+                    &format!("b-{i}"),
+                    "b",
+                    pb::Tier::Batch,
+                    100,
+                    "",
+                    i + 1,
+                ))
+            })
+            .collect();
+        assert_eq!(classify(pending.clone(), &HashMap::new(), false).len(), 1);
+        assert_eq!(classify(pending, &HashMap::new(), true).len(), 3);
+    }
+
+    #[test]
     fn identical_tasks_form_one_class_prod_first() {
         let pending = vec![
             Arc::new(task("b-0", "b", pb::Tier::Batch, 100, "", 1)),
@@ -596,7 +674,7 @@ pub(crate) mod tests {
             Arc::new(task("b-1", "b", pb::Tier::Batch, 100, "", 3)),
             Arc::new(task("c-0", "c", pb::Tier::Batch, 100, "", 4)),
         ];
-        let classes = classify(pending);
+        let classes = classify(pending, &HashMap::new(), false);
         assert_eq!(classes.len(), 2, "b and c ask the same: one class");
         assert!(classes[0].prod);
         assert_eq!(classes[1].tasks.len(), 3);

@@ -120,6 +120,10 @@ enum Bench {
         /// Tasks arriving between two placement rounds.
         #[arg(long, default_value_t = 500)]
         arrival: usize,
+        /// Place every task on its own (to measure what equivalence classes
+        /// save).
+        #[arg(long)]
+        no_classes: bool,
     },
     /// The same with made-up jobs on uniform nodes.
     Synthetic {
@@ -202,13 +206,18 @@ async fn main() -> anyhow::Result<()> {
             policies,
             sample,
             arrival,
+            no_classes,
         } => {
             let workload = match workload.as_str() {
                 "openb" => workload::openb(&traces)?,
                 "alibaba2017" => workload::alibaba2017(&traces, tasks)?,
                 _ => workload::synthetic(nodes, tasks),
             };
-            pack::compare(&workload, &policies, sample, arrival)
+            let tricks = pack::Tricks {
+                sample,
+                classes: !no_classes,
+            };
+            pack::compare(&workload, &policies, tricks, arrival)
         }
         Bench::Synthetic { nodes, tasks, run } => {
             let workload = workload::synthetic(nodes, tasks);

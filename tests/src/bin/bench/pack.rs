@@ -55,8 +55,17 @@ fn with_status(object: &pb::Object, phase: pb::TaskPhase, node: &str, version: u
     object
 }
 
+/// Which of the placement tricks are on.
+#[derive(Debug, Clone, Copy)]
+pub struct Tricks {
+    /// Feasible nodes examined per class (0: all).
+    pub sample: usize,
+    /// Equivalence classes (off: every task on its own).
+    pub classes: bool,
+}
+
 /// Places `workload` with `policy`, `arrival` tasks per round.
-pub fn run(workload: &Workload, policy: Policy, sample: usize, arrival: usize) -> Outcome {
+pub fn run(workload: &Workload, policy: Policy, tricks: Tricks, arrival: usize) -> Outcome {
     let mut state = ClusterState::default();
     let mut version = 1;
     for node in &workload.nodes {
@@ -109,7 +118,11 @@ pub fn run(workload: &Workload, policy: Policy, sample: usize, arrival: usize) -
             .filter_map(|k| state.tasks.get(k).cloned())
             .collect();
         let started = Instant::now();
-        let decisions = Placer::new(&state, policy, sample, round).place(pending);
+        let mut placer = Placer::new(&state, policy, tricks.sample, round);
+        if !tricks.classes {
+            placer = placer.without_classes();
+        }
+        let decisions = placer.place(pending);
         outcome.placing += started.elapsed();
         for decision in decisions {
             match decision {
@@ -153,11 +166,12 @@ pub fn run(workload: &Workload, policy: Policy, sample: usize, arrival: usize) -
 pub fn compare(
     workload: &Workload,
     policies: &[String],
-    sample: usize,
+    tricks: Tricks,
     arrival: usize,
 ) -> anyhow::Result<()> {
+    let sample = tricks.sample;
     println!(
-        "{}: {} nodes, {} tasks; placement only (no apiserver), {arrival} tasks arriving per round, sample {}",
+        "{}: {} nodes, {} tasks; placement only (no apiserver), {arrival} tasks arriving per round, sample {}, {}",
         workload.name,
         workload.nodes.len(),
         workload.tasks,
@@ -165,6 +179,11 @@ pub fn compare(
             "all".to_string()
         } else {
             sample.to_string()
+        },
+        if tricks.classes {
+            "equivalence classes"
+        } else {
+            "no equivalence classes"
         }
     );
     println!(
@@ -178,7 +197,7 @@ pub fn compare(
     for name in policies {
         let policy = <Policy as clap::ValueEnum>::from_str(name, true)
             .map_err(|e| anyhow::anyhow!("policy {name:?}: {e}"))?;
-        let outcome = run(workload, policy, sample, arrival);
+        let outcome = run(workload, policy, tricks, arrival);
         let first = first_refusal(outcome.at_first_refusal, &workload.capacity);
         println!(
             "{:<9} {:>8} {:>11.0} {:>8} {:>10}   {:<34}   {}",

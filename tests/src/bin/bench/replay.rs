@@ -17,8 +17,11 @@ use tokio::sync::watch;
 
 use crate::workload::{Totals, Workload, first_refusal};
 
-/// Jobs per Batch request while submitting.
-const SUBMIT_BATCH: usize = 500;
+/// Most jobs, and most tasks in those jobs, per Batch request while
+/// submitting: jobs arrive in trace order a few thousand tasks at a time, so
+/// that the order in which they arrived means something to the scheduler.
+const SUBMIT_JOBS: usize = 500;
+const SUBMIT_TASKS: u64 = 2000;
 /// With everything submitted and some task bound, no bind for this long
 /// means the rest waits.
 const QUIET: Duration = Duration::from_secs(5);
@@ -37,11 +40,15 @@ pub struct Options {
 pub struct Outcome {
     pub bound: u64,
     pub pending: u64,
+    /// Of those, prod tasks.
+    pub prod_pending: u64,
     pub preempted: u64,
     /// First submission to the last bind.
     pub elapsed: Duration,
     /// What the bound tasks held when the first task was turned away.
     pub at_first_refusal: Option<Totals>,
+    /// That task and the scheduler's reason.
+    pub first_refused: Option<String>,
     /// What the bound tasks hold at the end.
     pub at_end: Totals,
 }
@@ -63,6 +70,7 @@ struct Progress {
     preempted: u64,
     last_bind: Option<Instant>,
     first_refusal: Option<Totals>,
+    first_refused: Option<String>,
     /// Jobs that fit no node even when all are empty.
     never_fit: std::collections::HashSet<String>,
 }
@@ -100,6 +108,7 @@ impl Progress {
         let job = task.spec.as_ref().map_or("", |s| s.job.as_str());
         if refused && self.first_refusal.is_none() && !self.never_fit.contains(job) {
             self.first_refusal = Some(self.held);
+            self.first_refused = Some(format!("{}: {}", object.name(), status.message));
         }
     }
 }
@@ -141,6 +150,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// `jobs` cut into submissions of at most `SUBMIT_JOBS` jobs and (unless a
+/// single job is larger) `SUBMIT_TASKS` tasks.
+fn submissions(jobs: &[pb::Object]) -> Vec<&[pb::Object]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut tasks) = (0, 0u64);
+    for (i, job) in jobs.iter().enumerate() {
+        let replicas = job
+            .as_job()
+            .and_then(|j| j.spec.as_ref())
+            .map_or(0, |s| u64::from(s.replicas));
+        if i > start && (i - start >= SUBMIT_JOBS || tasks + replicas > SUBMIT_TASKS) {
+            chunks.push(&jobs[start..i]);
+            (start, tasks) = (i, 0);
+        }
+        tasks += replicas;
+    }
+    if start < jobs.len() {
+        chunks.push(&jobs[start..]);
+    }
+    chunks
 }
 
 /// Runs `workload` once on a fresh cluster.
@@ -213,7 +244,7 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
     let watcher = tokio::spawn(follow(client.clone(), revision, progress.clone()));
 
     let started = Instant::now();
-    for chunk in workload.jobs.chunks(SUBMIT_BATCH) {
+    for chunk in submissions(&workload.jobs) {
         let ops = chunk
             .iter()
             .map(|job| pb::BatchOp {
@@ -261,6 +292,14 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
     }
     let progress = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
     watcher.abort();
+    // Prod left waiting while batch holds nodes would break prod-before-batch.
+    let tasks = client.list(pb::Kind::Task, "").await?.objects;
+    let prod_pending = tasks
+        .iter()
+        .filter_map(|o| o.as_task())
+        .filter(|t| t.holding_node().is_none())
+        .filter(|t| t.spec.as_ref().is_some_and(|s| s.tier() == pb::Tier::Prod))
+        .count() as u64;
     scheduler.kill9();
     stop.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), fleet).await;
@@ -272,9 +311,11 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
     Ok(Outcome {
         bound: progress.bound,
         pending: workload.tasks.saturating_sub(progress.holding.len() as u64),
+        prod_pending,
         preempted: progress.preempted,
         elapsed,
         at_first_refusal: progress.first_refusal,
+        first_refused: progress.first_refused.clone(),
         at_end: progress.held,
     })
 }
@@ -335,6 +376,12 @@ pub async fn compare(
             first,
             outcome.at_end.percent_of(&workload.capacity)
         );
+        if let Some(refused) = &outcome.first_refused {
+            println!("          first refused: {refused}");
+        }
+        if outcome.pending > 0 {
+            println!("          pending prod tasks: {}", outcome.prod_pending);
+        }
     }
     Ok(())
 }
