@@ -384,12 +384,14 @@ impl<'a> Placer<'a> {
         }
         // Once preemption finds no room for one task, it finds none for the
         // class's others: they need the same and nothing was freed.
-        let mut no_room = false;
+        let mut no_room = !class.prod;
+        let mut evictions: Option<Evictions> = None;
         for task in unplaced {
             let preempted = if no_room {
                 None
             } else {
-                self.preempt(class, &task, &per_node, spread.as_ref())
+                let heap = evictions.get_or_insert_with(|| self.evictions(class, &per_node));
+                self.preempt(class, &task, &per_node, spread.as_ref(), heap)
             };
             no_room = preempted.is_none();
             match preempted {
@@ -498,69 +500,108 @@ impl<'a> Placer<'a> {
         }
     }
 
+    /// What would make room for a task of `class` on the `index`th node:
+    /// `None` if the node may not take it or evicting all its batch would
+    /// not be enough. (Spread is checked by the caller: it changes as the
+    /// class is placed.)
+    fn eviction_on(
+        &self,
+        index: usize,
+        class: &Class,
+        per_node: &HashMap<String, u32>,
+    ) -> Option<preempt::Eviction> {
+        let name = self.order[index];
+        let node = self.view(name)?;
+        if feasible::static_filter(node, class).is_err()
+            || !feasible::below_per_node_limit(per_node.get(name).copied().unwrap_or(0), class)
+        {
+            return None;
+        }
+        let candidates: Vec<Candidate> = node
+            .tasks
+            .iter()
+            .filter(|k| !self.evicted.contains(*k))
+            .filter_map(|k| self.state.tasks.get(k))
+            .filter_map(|o| {
+                let t = o.as_task()?;
+                let spec = t.spec.as_ref()?;
+                (spec.tier() == pb::Tier::Batch && t.holding_node().is_some()).then(|| Candidate {
+                    key: o.key(),
+                    priority: spec.priority,
+                    asked: t.requests().map(Amount::of).unwrap_or_default(),
+                })
+            })
+            .collect();
+        preempt::evict_for(node, class, candidates)
+    }
+
+    /// Every node where room can be made for `class`, by cost.
+    fn evictions(&self, class: &Class, per_node: &HashMap<String, u32>) -> Evictions {
+        (0..self.order.len())
+            .filter_map(|i| {
+                self.eviction_on(i, class, per_node)
+                    .map(|e| Reverse((e.cost(), i)))
+            })
+            .collect()
+    }
+
     /// Finds the node where evicting batch costs least for a prod task.
+    ///
+    /// `heap` holds, per node, a cost no higher than the true one: exact for
+    /// nodes this class has not touched, the lowest possible for the node a
+    /// task just went to. A popped node is re-evaluated; if its cost rose it
+    /// goes back in. So each task costs a re-evaluation or a few, not a scan
+    /// of every node and its tasks.
     fn preempt(
         &mut self,
         class: &Class,
         task: &Arc<pb::Object>,
         per_node: &HashMap<String, u32>,
         spread: Option<&Spread>,
+        heap: &mut Evictions,
     ) -> Option<(String, Vec<Arc<pb::Object>>)> {
         if !class.prod {
             return None;
         }
-        let mut best: Option<(String, preempt::Eviction)> = None;
-        for name in &self.order {
-            let Some(node) = self.view(name) else {
-                continue;
+        let mut held_back = Vec::new();
+        let found = loop {
+            let Some(Reverse((cost, index))) = heap.pop() else {
+                break None;
             };
-            if feasible::static_filter(node, class).is_err()
-                || !feasible::below_per_node_limit(per_node.get(*name).copied().unwrap_or(0), class)
-            {
-                continue;
-            }
+            let name = self.order[index];
             if let Some(s) = spread
-                && !s.allows(node.labels.get(&s.key))
+                && !s.allows(self.view(name).and_then(|n| n.labels.get(&s.key)))
             {
+                held_back.push(Reverse((cost, index)));
                 continue;
             }
-            let candidates: Vec<Candidate> = node
-                .tasks
-                .iter()
-                .filter(|k| !self.evicted.contains(*k))
-                .filter_map(|k| self.state.tasks.get(k))
-                .filter_map(|o| {
-                    let t = o.as_task()?;
-                    let spec = t.spec.as_ref()?;
-                    (spec.tier() == pb::Tier::Batch && t.holding_node().is_some()).then(|| {
-                        Candidate {
-                            key: o.key(),
-                            priority: spec.priority,
-                            asked: t.requests().map(Amount::of).unwrap_or_default(),
-                        }
-                    })
-                })
-                .collect();
-            let Some(eviction) = preempt::evict_for(node, class, candidates) else {
+            // No eviction any more: the node stays out for this class.
+            let Some(eviction) = self.eviction_on(index, class, per_node) else {
                 continue;
             };
-            if best
-                .as_ref()
-                .is_none_or(|(_, b)| eviction.cost() < b.cost())
-            {
-                best = Some((name.to_string(), eviction));
+            if eviction.cost() == cost {
+                break Some((index, eviction));
             }
-        }
-        let (name, eviction) = best?;
+            heap.push(Reverse((eviction.cost(), index)));
+        };
+        heap.extend(held_back);
+        let (index, eviction) = found?;
+        let name = self.order[index].to_string();
         let victims: Vec<Arc<pb::Object>> = eviction
             .victims
             .iter()
             .filter_map(|k| self.state.tasks.get(k).cloned())
             .collect();
         self.assume(&name, task, class, &victims);
+        // The node changed: re-evaluated when next popped, which is first.
+        heap.push(Reverse(((0, i32::MIN), index)));
         Some((name, victims))
     }
 }
+
+/// Nodes by the cost of making room on them — (victims, worst priority),
+/// then node order — cheapest first.
+type Evictions = BinaryHeap<Reverse<((usize, i32), usize)>>;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -751,6 +792,51 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn prod_tasks_of_one_class_reuse_the_room_an_eviction_made() {
+        // n1's batch is worth more (priority 5) than n2's (1). The first
+        // prod task evicts a 2000m task on n2; the second then fits in what
+        // is left there, with no victim — n2 must be looked at again.
+        let with_priority = |mut t: pb::Object, priority: i32| {
+            if let Some(pb::object::Kind::Task(t)) = &mut t.kind {
+                t.spec.as_mut().unwrap().priority = priority;
+            }
+            t
+        };
+        let mut s = ClusterState::default();
+        s.upsert(node("n1", 4000, &[]));
+        s.upsert(node("n2", 4000, &[]));
+        for i in 0..4 {
+            let t = task(&format!("a-{i}"), "a", pb::Tier::Batch, 1000, "n1", i + 1);
+            s.upsert(with_priority(t, 5));
+        }
+        for i in 0..2 {
+            let t = task(&format!("b-{i}"), "b", pb::Tier::Batch, 2000, "n2", i + 10);
+            s.upsert(with_priority(t, 1));
+        }
+        let pending = (0..2)
+            .map(|i| {
+                Arc::new(task(
+                    &format!("p-{i}"),
+                    "p",
+                    pb::Tier::Prod,
+                    1000,
+                    "",
+                    i + 20,
+                ))
+            })
+            .collect();
+        let decisions = Placer::new(&s, Policy::Binpack, 0, 0).place(pending);
+        let placed: Vec<(&str, usize)> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Bind { node, victims, .. } => Some((node.as_str(), victims.len())),
+                Decision::Wait { .. } => None,
+            })
+            .collect();
+        assert_eq!(placed, [("n2", 1), ("n2", 0)]);
     }
 
     #[test]
