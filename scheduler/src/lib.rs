@@ -50,6 +50,10 @@ struct Scheduler {
     wake_jobs: BTreeMap<JobKey, i64>,
     /// Tasks whose bind was refused: not placed again before this instant.
     bind_retry: HashMap<ObjectKey, Instant>,
+    /// When to place the waiting tasks again although nothing was reported:
+    /// a refused create held room in the cycle that decided it, room the
+    /// tasks told to wait in that cycle may now have.
+    place_again_at: Option<Instant>,
     /// Set when a usage report arrived since the last reclamation round.
     usage_changed: bool,
     seed: usize,
@@ -84,10 +88,7 @@ impl Scheduler {
             Instant::now() + Duration::from_millis(wait)
         });
         let bind = self.bind_retry.values().min().copied();
-        match (job, bind) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [job, bind, self.place_again_at].into_iter().flatten().min()
     }
 
     async fn send(&mut self, groups: Vec<Vec<Write>>) -> write::Report {
@@ -115,6 +116,9 @@ impl Scheduler {
             self.bind_retry.insert(task, retry_at);
         }
         let retry_at_ms = now_ms() + RETRY.as_millis() as i64;
+        if !report.refused_creates.is_empty() {
+            self.place_again_at = Some(retry_at);
+        }
         for job in report.refused_creates {
             self.wake_jobs.insert(job, retry_at_ms);
         }
@@ -190,7 +194,11 @@ impl Scheduler {
             }
         }
         let instant = Instant::now();
-        let retry_due = self.bind_retry.values().any(|at| *at <= instant);
+        let again = self.place_again_at.is_some_and(|at| at <= instant);
+        if again {
+            self.place_again_at = None;
+        }
+        let retry_due = again || self.bind_retry.values().any(|at| *at <= instant);
         self.bind_retry.retain(|_, at| *at > instant);
         let changed = self.state.placement_changed || self.state.pending_changed || retry_due;
         if changed {
@@ -337,6 +345,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         state: ClusterState::default(),
         wake_jobs: BTreeMap::new(),
         bind_retry: HashMap::new(),
+        place_again_at: None,
         usage_changed: false,
         seed: std::process::id() as usize,
     };

@@ -206,6 +206,8 @@ pub struct Placer<'a> {
     arrived: HashMap<ObjectKey, i64>,
     /// See [`Placer::without_classes`].
     per_task: bool,
+    /// The largest node, for binpack's cost of opening a node.
+    largest: score::Largest,
 }
 
 impl<'a> Placer<'a> {
@@ -232,6 +234,7 @@ impl<'a> Placer<'a> {
             start,
             arrived: HashMap::new(),
             per_task: false,
+            largest: score::Largest::of(state.nodes.values().filter(|n| n.known)),
         }
     }
 
@@ -355,7 +358,7 @@ impl<'a> Placer<'a> {
             for index in skipped {
                 if let Some(node) = self.view(self.order[index]) {
                     heap.push((
-                        Score(score::score(self.policy, node, class, index)),
+                        Score(score::score(self.policy, node, class, index, &self.largest)),
                         Reverse(index),
                     ));
                 }
@@ -372,7 +375,7 @@ impl<'a> Placer<'a> {
             *per_node.entry(name.clone()).or_default() += 1;
             if let Some(node) = self.view(&name) {
                 heap.push((
-                    Score(score::score(self.policy, node, class, index)),
+                    Score(score::score(self.policy, node, class, index, &self.largest)),
                     Reverse(index),
                 ));
             }
@@ -451,7 +454,7 @@ impl<'a> Placer<'a> {
                 continue;
             }
             heap.push((
-                Score(score::score(self.policy, node, class, index)),
+                Score(score::score(self.policy, node, class, index, &self.largest)),
                 Reverse(index),
             ));
             found += 1;

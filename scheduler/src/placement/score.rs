@@ -1,13 +1,15 @@
 //! Scoring: among feasible nodes, which is best for this class? Higher wins.
 //!
 //! - **binpack** (default, after Borg): fill nodes up, so that whole nodes
-//!   stay free for large tasks — but penalize leaving one resource stranded
-//!   while another is full (a node at 100% CPU and 20% memory wastes the
-//!   memory), and keep GPU nodes for tasks that need GPUs (a CPU-only task on
-//!   a GPU node can strand its GPUs, the fragmentation the Alibaba 2023 trace
-//!   paper measures).
-//! - **spread** (least allocated, like Kubernetes' default): prefer the
-//!   emptiest node, balanced across resources.
+//!   stay free for large tasks — but penalize what a placement strands: CPU
+//!   nearly gone while memory is free (or the reverse), GPUs left without
+//!   the CPU or memory to feed them, a CPU-only task taking a GPU node's host
+//!   resources while its GPUs idle (the fragmentation the Alibaba 2023 trace
+//!   paper measures) — and starting on an empty node the larger it is, so
+//!   that the biggest nodes stay whole for the tasks only they can take.
+//!   The weights were chosen with `berth-bench pack` on both Alibaba traces.
+//! - **spread** (least allocated plus balanced allocation, like Kubernetes'
+//!   default): prefer the emptiest node, balanced across resources.
 //! - **firstfit**: the first feasible node in name order, as a baseline.
 
 use super::{Class, Policy};
@@ -23,6 +25,40 @@ const GPU_WASTE_WEIGHT: f64 = 1.0;
 const STRANDED_HOST_WEIGHT: f64 = 2.0;
 /// Binpack: how much GPU left without the CPU or memory to use it costs.
 const STRANDED_GPU_WEIGHT: f64 = 3.0;
+/// Binpack: how much starting on an empty node costs, for the cluster's
+/// largest node (smaller ones in proportion): big nodes stay whole for the
+/// tasks only they can take.
+const OPENING_WEIGHT: f64 = 0.5;
+
+/// The largest CPU and memory any node offers, against which a node's size
+/// is measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Largest {
+    cpu: i64,
+    memory: i64,
+}
+
+impl Largest {
+    pub fn of<'n>(nodes: impl IntoIterator<Item = &'n NodeView>) -> Largest {
+        nodes.into_iter().fold(Largest::default(), |l, n| Largest {
+            cpu: l.cpu.max(n.capacity.allocatable.cpu),
+            memory: l.memory.max(n.capacity.allocatable.memory),
+        })
+    }
+
+    /// The node's size as a fraction of the largest (mean of CPU and memory).
+    fn size(&self, node: &NodeView) -> f64 {
+        let frac = |have: i64, most: i64| {
+            if most > 0 {
+                have as f64 / most as f64
+            } else {
+                0.0
+            }
+        };
+        let cap = &node.capacity.allocatable;
+        (frac(cap.cpu, self.cpu) + frac(cap.memory, self.memory)) / 2.0
+    }
+}
 
 /// What a node would have promised after taking one task of the class, as
 /// fractions of its allocatable resources.
@@ -103,8 +139,20 @@ impl After {
 
 /// The node's score for a task of `class` under `policy`; `index` is the
 /// node's position in name order (first fit prefers the lowest).
-pub fn score(policy: Policy, node: &NodeView, class: &Class, index: usize) -> f64 {
+pub fn score(
+    policy: Policy,
+    node: &NodeView,
+    class: &Class,
+    index: usize,
+    largest: &Largest,
+) -> f64 {
     let after = After::of(node, class);
+    let held = node.prod.plus(&node.batch);
+    let opening = if held.cpu == 0 && held.memory == 0 {
+        largest.size(node)
+    } else {
+        0.0
+    };
     let penalty = BALANCE_WEIGHT * after.imbalance() + GPU_WASTE_WEIGHT * after.idle_gpu();
     match policy {
         Policy::Binpack => {
@@ -112,6 +160,7 @@ pub fn score(policy: Policy, node: &NodeView, class: &Class, index: usize) -> f6
                 - penalty
                 - STRANDED_HOST_WEIGHT * after.stranded_host()
                 - STRANDED_GPU_WEIGHT * after.stranded_gpu()
+                - OPENING_WEIGHT * opening
         }
         Policy::Spread => (1.0 - after.fullness()) - penalty,
         Policy::Firstfit => -(index as f64),
@@ -124,6 +173,24 @@ mod tests {
     use crate::placement::tests::{class, view};
     use berth_proto::pb;
 
+    /// No size reference: opening a node costs nothing.
+    const NONE: Largest = Largest { cpu: 0, memory: 0 };
+
+    #[test]
+    fn binpack_keeps_the_largest_nodes_whole() {
+        // Two empty nodes, both able to take the task: binpack starts on
+        // the smaller one.
+        let c = class(pb::Tier::Batch, 1000, "");
+        let small = view("a", 8000, &[]);
+        let mut big = view("b", 16_000, &[]);
+        big.capacity.allocatable.memory = 128 << 30;
+        let largest = Largest::of([&small, &big]);
+        assert!(
+            score(Policy::Binpack, &small, &c, 0, &largest)
+                > score(Policy::Binpack, &big, &c, 1, &largest)
+        );
+    }
+
     #[test]
     fn binpack_prefers_the_fuller_node_spread_the_emptier() {
         let c = class(pb::Tier::Batch, 1000, "");
@@ -131,8 +198,14 @@ mod tests {
         full.batch.cpu = 6000;
         full.batch.memory = 48 << 30;
         let empty = view("b", 8000, &[]);
-        assert!(score(Policy::Binpack, &full, &c, 0) > score(Policy::Binpack, &empty, &c, 1));
-        assert!(score(Policy::Spread, &full, &c, 0) < score(Policy::Spread, &empty, &c, 1));
+        assert!(
+            score(Policy::Binpack, &full, &c, 0, &NONE)
+                > score(Policy::Binpack, &empty, &c, 1, &NONE)
+        );
+        assert!(
+            score(Policy::Spread, &full, &c, 0, &NONE)
+                < score(Policy::Spread, &empty, &c, 1, &NONE)
+        );
     }
 
     #[test]
@@ -145,7 +218,8 @@ mod tests {
         balanced.batch.cpu = 3500;
         balanced.batch.memory = 32 << 30;
         assert!(
-            score(Policy::Binpack, &balanced, &c, 1) > score(Policy::Binpack, &lopsided, &c, 0)
+            score(Policy::Binpack, &balanced, &c, 1, &NONE)
+                > score(Policy::Binpack, &lopsided, &c, 0, &NONE)
         );
     }
 
@@ -161,7 +235,8 @@ mod tests {
         gpu_node.batch.cpu = 6000;
         let cpu_node = view("b", 8000, &[]);
         assert!(
-            score(Policy::Binpack, &cpu_node, &c, 1) > score(Policy::Binpack, &gpu_node, &c, 0)
+            score(Policy::Binpack, &cpu_node, &c, 1, &NONE)
+                > score(Policy::Binpack, &gpu_node, &c, 0, &NONE)
         );
     }
 
@@ -180,7 +255,10 @@ mod tests {
         };
         let cpu_heavy = gpu_node("a", 80_000);
         let light = gpu_node("b", 20_000);
-        assert!(score(Policy::Binpack, &light, &c, 1) > score(Policy::Binpack, &cpu_heavy, &c, 0));
+        assert!(
+            score(Policy::Binpack, &light, &c, 1, &NONE)
+                > score(Policy::Binpack, &cpu_heavy, &c, 0, &NONE)
+        );
     }
 
     #[test]
@@ -194,13 +272,18 @@ mod tests {
         let mut even = view("b", 10_000, &[]);
         even.batch.cpu = 6_000;
         even.batch.memory = 45 << 30;
-        assert!(score(Policy::Binpack, &even, &c, 1) > score(Policy::Binpack, &cpu_bound, &c, 0));
+        assert!(
+            score(Policy::Binpack, &even, &c, 1, &NONE)
+                > score(Policy::Binpack, &cpu_bound, &c, 0, &NONE)
+        );
     }
 
     #[test]
     fn firstfit_prefers_the_first_node() {
         let c = class(pb::Tier::Batch, 1000, "");
         let n = view("a", 8000, &[]);
-        assert!(score(Policy::Firstfit, &n, &c, 0) > score(Policy::Firstfit, &n, &c, 5));
+        assert!(
+            score(Policy::Firstfit, &n, &c, 0, &NONE) > score(Policy::Firstfit, &n, &c, 5, &NONE)
+        );
     }
 }
