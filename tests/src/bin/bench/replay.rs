@@ -42,6 +42,8 @@ pub struct Outcome {
     pub pending: u64,
     /// Of those, prod tasks.
     pub prod_pending: u64,
+    /// Of those, tasks the scheduler never created.
+    pub missing: u64,
     pub preempted: u64,
     /// First submission to the last bind.
     pub elapsed: Duration,
@@ -300,6 +302,7 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
         .filter(|t| t.holding_node().is_none())
         .filter(|t| t.spec.as_ref().is_some_and(|s| s.tier() == pb::Tier::Prod))
         .count() as u64;
+    let missing = workload.tasks.saturating_sub(tasks.len() as u64);
     scheduler.kill9();
     stop.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), fleet).await;
@@ -312,6 +315,7 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
         bound: progress.bound,
         pending: workload.tasks.saturating_sub(progress.holding.len() as u64),
         prod_pending,
+        missing,
         preempted: progress.preempted,
         elapsed,
         at_first_refusal: progress.first_refusal,
@@ -380,7 +384,10 @@ pub async fn compare(
             println!("          first refused: {refused}");
         }
         if outcome.pending > 0 {
-            println!("          pending prod tasks: {}", outcome.prod_pending);
+            println!(
+                "          pending: {} prod; {} never created",
+                outcome.prod_pending, outcome.missing
+            );
         }
     }
     Ok(())
