@@ -51,8 +51,8 @@ struct Scheduler {
     /// Tasks whose bind was refused: not placed again before this instant.
     bind_retry: HashMap<ObjectKey, Instant>,
     /// When to place the waiting tasks again although nothing was reported:
-    /// a refused create held room in the cycle that decided it, room the
-    /// tasks told to wait in that cycle may now have.
+    /// after a refused bind or create, which held room in the cycle that
+    /// decided it — room the tasks told to wait then may now have.
     place_again_at: Option<Instant>,
     /// Set when a usage report arrived since the last reclamation round.
     usage_changed: bool,
@@ -87,8 +87,7 @@ impl Scheduler {
             let wait = (*at_ms - now_ms()).max(0) as u64;
             Instant::now() + Duration::from_millis(wait)
         });
-        let bind = self.bind_retry.values().min().copied();
-        [job, bind, self.place_again_at].into_iter().flatten().min()
+        [job, self.place_again_at].into_iter().flatten().min()
     }
 
     async fn send(&mut self, groups: Vec<Vec<Write>>) -> write::Report {
@@ -112,13 +111,13 @@ impl Scheduler {
             report.refused_creates.extend(later.refused_creates);
         }
         let retry_at = Instant::now() + RETRY;
+        if !report.refused_binds.is_empty() || !report.refused_creates.is_empty() {
+            self.place_again_at = Some(retry_at);
+        }
         for task in report.refused_binds {
             self.bind_retry.insert(task, retry_at);
         }
         let retry_at_ms = now_ms() + RETRY.as_millis() as i64;
-        if !report.refused_creates.is_empty() {
-            self.place_again_at = Some(retry_at);
-        }
         for job in report.refused_creates {
             self.wake_jobs.insert(job, retry_at_ms);
         }
@@ -198,9 +197,8 @@ impl Scheduler {
         if again {
             self.place_again_at = None;
         }
-        let retry_due = again || self.bind_retry.values().any(|at| *at <= instant);
         self.bind_retry.retain(|_, at| *at > instant);
-        let changed = self.state.placement_changed || self.state.pending_changed || retry_due;
+        let changed = self.state.placement_changed || self.state.pending_changed || again;
         if changed {
             self.state.placement_changed = false;
             self.state.pending_changed = false;

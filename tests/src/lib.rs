@@ -508,23 +508,35 @@ fn ctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> CtlOutput {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+/// Polls `condition` until it holds or `timeout` passes (then panics).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if let Err(e) = try_wait_until(timeout, what, condition).await {
+        panic!("{e}");
+    }
+}
+
+/// Polls `condition` until it holds, or fails once `timeout` has passed.
+pub async fn try_wait_until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut condition: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
+    while !condition().await {
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
 }
 
 /// Every object of every kind, plus the revision: two equal dumps mean an

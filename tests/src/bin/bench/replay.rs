@@ -12,7 +12,7 @@ use berth_agent::sim::{self, SimConfig};
 use berth_proto::connect::BerthClient;
 use berth_proto::pb;
 use berth_proto::pb::batch_op::Op;
-use berth_tests::{Cluster, Component};
+use berth_tests::{Cluster, Component, try_wait_until};
 use tokio::sync::watch;
 
 use crate::workload::{Totals, Workload, first_refusal};
@@ -139,21 +139,6 @@ async fn follow(
     Ok(())
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// `jobs` cut into submissions of at most `SUBMIT_JOBS` jobs and (unless a
 /// single job is larger) `SUBMIT_TASKS` tasks.
 fn submissions(jobs: &[pb::Object]) -> Vec<&[pb::Object]> {
@@ -200,9 +185,9 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
         stopped,
     ));
     let node_count = workload.nodes.len();
-    wait_for(
-        "the simulated nodes to register",
+    try_wait_until(
         Duration::from_secs(120),
+        "the simulated nodes to register",
         || async {
             client
                 .list(pb::Kind::Node, "")
@@ -222,9 +207,9 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
     ];
     args.extend(options.scheduler_args.iter().map(String::as_str));
     let mut scheduler = Component::scheduler(&servers, &args);
-    wait_for(
-        "the scheduler to take its lease",
+    try_wait_until(
         Duration::from_secs(30),
+        "the scheduler to take its lease",
         || async {
             client
                 .get(pb::Kind::Lease, "default", "berth-scheduler")
