@@ -7,11 +7,15 @@ use std::time::Duration;
 use berth_proto::pb;
 use berth_proto::quantity::{parse_count, parse_cpu, parse_memory};
 
+use crate::docker::DockerConfig;
+use crate::docker::decide::Backoff;
 use crate::sim::{SimConfig, SimNode};
 
 /// How tasks are run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
+    /// Tasks run as containers through the local Docker engine (one node).
+    Docker,
     /// No containers: tasks start after --start-latency, use a share of
     /// what they asked for, and batch tasks finish after --batch-runtime.
     /// One process hosts many nodes (--sim-nodes).
@@ -29,9 +33,44 @@ pub struct Config {
     #[arg(long, env = "BERTH_SERVER", default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub server: String,
 
-    /// How tasks run. Only the simulated runtime exists so far.
-    #[arg(long, env = "BERTH_RUNTIME", value_enum)]
+    /// How tasks run.
+    #[arg(long, env = "BERTH_RUNTIME", value_enum, default_value = "docker")]
     pub runtime: Runtime,
+
+    /// The node's name (docker runtime) [default: the host name].
+    #[arg(long, env = "BERTH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Where the agent serves logs (docker runtime); port 0 picks one.
+    #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = "127.0.0.1:7600")]
+    pub listen: std::net::SocketAddr,
+
+    /// The address berthctl reaches the agent at [default: the listen address].
+    #[arg(long, env = "BERTH_AGENT_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// How long a stopped container has between SIGTERM and SIGKILL.
+    #[arg(long, env = "BERTH_STOP_GRACE", default_value = "10s", value_parser = duration)]
+    pub stop_grace: Duration,
+
+    /// On SIGTERM, drain the node: cordon it, give its tasks up (their jobs
+    /// replace them elsewhere) and stop their containers. The next agent to
+    /// register the node lifts that cordon. Without it, the
+    /// containers keep running and the next agent adopts them.
+    #[arg(long, env = "BERTH_DRAIN_ON_EXIT")]
+    pub drain_on_exit: bool,
+
+    /// How often container usage is sampled (docker runtime).
+    #[arg(long, env = "BERTH_USAGE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub usage_interval: Duration,
+
+    /// First pause before restarting a failed container; doubles per restart.
+    #[arg(long, env = "BERTH_RESTART_BACKOFF", default_value = "1s", value_parser = duration)]
+    pub restart_backoff: Duration,
+
+    /// Longest pause before restarting a failed container.
+    #[arg(long, env = "BERTH_RESTART_BACKOFF_MAX", default_value = "1m", value_parser = duration)]
+    pub restart_backoff_max: Duration,
 
     /// Simulated nodes this process hosts.
     #[arg(long, env = "BERTH_SIM_NODES", default_value_t = 1)]
@@ -41,13 +80,15 @@ pub struct Config {
     #[arg(long, env = "BERTH_NODE_PREFIX")]
     pub node_prefix: Option<String>,
 
-    /// Allocatable CPU of each simulated node (e.g. 32, 7500m).
-    #[arg(long, env = "BERTH_NODE_CPU", default_value = "32", value_parser = cpu)]
-    pub cpu: i64,
+    /// Allocatable CPU of each node (e.g. 32, 7500m) [default: the host's
+    /// CPUs for docker, 32 for sim].
+    #[arg(long, env = "BERTH_NODE_CPU", value_parser = cpu)]
+    pub cpu: Option<i64>,
 
-    /// Allocatable memory of each simulated node (e.g. 128Gi).
-    #[arg(long, env = "BERTH_NODE_MEMORY", default_value = "128Gi", value_parser = memory)]
-    pub memory: i64,
+    /// Allocatable memory of each node (e.g. 128Gi) [default: the host's
+    /// memory for docker, 128Gi for sim].
+    #[arg(long, env = "BERTH_NODE_MEMORY", value_parser = memory)]
+    pub memory: Option<i64>,
 
     /// GPUs of each simulated node.
     #[arg(long, env = "BERTH_NODE_GPUS", default_value = "0", value_parser = count)]
@@ -61,7 +102,7 @@ pub struct Config {
     #[arg(long, env = "BERTH_RACKS", default_value_t = 4)]
     pub racks: usize,
 
-    /// Extra labels for every node: key=value, comma-separated.
+    /// Labels of the node(s): key=value, comma-separated (e.g. zone=a,rack=r1).
     #[arg(long, env = "BERTH_NODE_LABELS", default_value = "")]
     pub labels: String,
 
@@ -120,7 +161,39 @@ fn zone_name(i: usize) -> String {
     }
 }
 
+/// This host's name, lower-case (a node name must be a DNS label).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
 impl Config {
+    /// The Docker node these flags describe.
+    pub fn docker(&self) -> anyhow::Result<DockerConfig> {
+        if self.restart_backoff.is_zero() || self.restart_backoff > self.restart_backoff_max {
+            anyhow::bail!("--restart-backoff must be above zero and at most --restart-backoff-max");
+        }
+        Ok(DockerConfig {
+            server: self.server.clone(),
+            node: self.node_name.clone().unwrap_or_else(host_name),
+            cpu: self.cpu,
+            memory: self.memory,
+            labels: parse_labels(&self.labels)?,
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            heartbeat: self.heartbeat,
+            usage_interval: self.usage_interval,
+            stop_grace: self.stop_grace,
+            backoff: Backoff {
+                first: self.restart_backoff,
+                max: self.restart_backoff_max,
+                ..Backoff::default()
+            },
+            drain_on_exit: self.drain_on_exit,
+        })
+    }
+
     /// The simulated nodes these flags describe.
     pub fn sim(&self) -> anyhow::Result<SimConfig> {
         if !(0.0..=1.0).contains(&self.usage) {
@@ -129,12 +202,7 @@ impl Config {
         if self.sim_nodes == 0 {
             anyhow::bail!("--sim-nodes: at least 1");
         }
-        let prefix = match &self.node_prefix {
-            Some(p) => p.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_ascii_lowercase())
-                .unwrap_or_else(|_| "node".into()),
-        };
+        let prefix = self.node_prefix.clone().unwrap_or_else(host_name);
         let extra = parse_labels(&self.labels)?;
         let (zones, racks) = (self.zones.max(1), self.racks.max(1));
         let nodes = (0..self.sim_nodes)
@@ -150,8 +218,8 @@ impl Config {
                 SimNode {
                     name: format!("{prefix}-{i}"),
                     allocatable: pb::Resources {
-                        cpu_millis: self.cpu,
-                        memory_bytes: self.memory,
+                        cpu_millis: self.cpu.unwrap_or(32_000),
+                        memory_bytes: self.memory.unwrap_or(128 << 30),
                         extended,
                     },
                     labels,

@@ -1,11 +1,13 @@
 //! `berth-agent`: the node agent. It registers its node(s), heartbeats
 //! them and runs the tasks bound to them.
 //!
-//! So far the only runtime is the simulated one ([`sim`]): many nodes in one
-//! process, no containers, for scale runs and tests of the scheduler. The
-//! Docker runtime is the agent issue's work.
+//! Two runtimes: [`docker`] runs the tasks of one node as containers
+//! through the local Docker engine; [`sim`] hosts many simulated nodes in
+//! one process, no containers, for scale runs and tests of the scheduler.
 
 pub mod config;
+pub mod docker;
+pub mod node;
 pub mod sim;
 
 pub use config::{Config, Runtime};
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     match config.runtime {
+        Runtime::Docker => docker::run(config.docker()?, shutdown).await,
         Runtime::Sim => sim::run(config.sim()?, shutdown).await,
     }
 }

@@ -7,7 +7,9 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_agent::Config::parse();
-    run_until_signal("berth-agent", Duration::from_secs(5), |stopped| {
+    // Time to finish after SIGTERM: a drain stops containers with their grace.
+    let grace = config.stop_grace + Duration::from_secs(10);
+    run_until_signal("berth-agent", grace, |stopped| {
         berth_agent::run(config, stopped)
     })
     .await

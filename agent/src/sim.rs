@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use berth_proto::connect::BerthClient;
 use berth_proto::object::ObjectKey;
 use berth_proto::pb;
@@ -24,7 +23,8 @@ use berth_proto::process::now_ms;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::Code;
+
+use crate::node::{NodeInfo, register, send_heartbeats};
 
 /// One simulated node.
 #[derive(Debug, Clone)]
@@ -69,7 +69,18 @@ fn lock(bound: &Bound) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Arc<pb::O
 /// Runs the simulated nodes until `shutdown` turns true.
 pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let client = Arc::new(BerthClient::from_list(&config.server)?);
-    register(&client, &config.nodes).await?;
+    let infos: Vec<NodeInfo> = config
+        .nodes
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            capacity: n.allocatable.clone(),
+            allocatable: n.allocatable.clone(),
+            labels: n.labels.clone(),
+            address: "simulated".into(),
+        })
+        .collect();
+    register(&client, &infos, WRITES_PER_BATCH).await?;
     tracing::info!(nodes = config.nodes.len(), "simulated nodes registered");
     let bound: Bound = Arc::default();
     let heartbeats = tokio::spawn(heartbeat(
@@ -89,97 +100,6 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     runner.follow_tasks(shutdown).await;
     let _ = heartbeats.await;
     Ok(())
-}
-
-/// Registers every node: creates those that do not exist yet (Ready, with
-/// capacity and labels) and brings the status of the others up to date,
-/// keeping what others own — the spec (an operator may have cordoned the
-/// node) and what the scheduler lends (`reclaimable`). Retried while the
-/// nodes change under it.
-async fn register(client: &BerthClient, nodes: &[SimNode]) -> anyhow::Result<()> {
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        match try_register(client, nodes).await? {
-            None => return Ok(()),
-            Some(conflict) => last_error = conflict,
-        }
-    }
-    anyhow::bail!("cannot register the simulated nodes: {last_error}")
-}
-
-/// One attempt; `Some(reason)` when a node changed meanwhile.
-async fn try_register(client: &BerthClient, nodes: &[SimNode]) -> anyhow::Result<Option<String>> {
-    let existing: HashMap<String, pb::Object> = client
-        .list(pb::Kind::Node, "")
-        .await
-        .context("cannot list nodes")?
-        .objects
-        .into_iter()
-        .map(|o| (o.name().to_string(), o))
-        .collect();
-    let ops: Vec<(String, pb::BatchOp)> = nodes
-        .iter()
-        .map(|node| {
-            let op = match existing.get(&node.name) {
-                Some(current) => {
-                    let mut updated = current.clone();
-                    if let Some(pb::object::Kind::Node(n)) = &mut updated.kind {
-                        let status = n.status.get_or_insert_with(Default::default);
-                        status.capacity = Some(node.allocatable.clone());
-                        status.allocatable = Some(node.allocatable.clone());
-                        status.labels = node.labels.clone();
-                        status.state = pb::NodeState::Ready as i32;
-                        status.last_heartbeat_ms = now_ms();
-                        status.address = "simulated".into();
-                        status.message.clear();
-                    }
-                    Op::UpdateStatus(pb::UpdateStatusRequest {
-                        object: Some(updated),
-                    })
-                }
-                None => Op::Apply(pb::ApplyRequest {
-                    object: Some(pb::Object::from(pb::Node {
-                        metadata: Some(pb::ObjectMeta {
-                            name: node.name.clone(),
-                            ..Default::default()
-                        }),
-                        spec: Some(pb::NodeSpec::default()),
-                        status: Some(pb::NodeStatus {
-                            capacity: Some(node.allocatable.clone()),
-                            allocatable: Some(node.allocatable.clone()),
-                            labels: node.labels.clone(),
-                            state: pb::NodeState::Ready as i32,
-                            last_heartbeat_ms: now_ms(),
-                            address: "simulated".into(),
-                            ..Default::default()
-                        }),
-                    })),
-                    create_only: true,
-                }),
-            };
-            (node.name.clone(), pb::BatchOp { op: Some(op) })
-        })
-        .collect();
-    for chunk in ops.chunks(WRITES_PER_BATCH) {
-        let response = client
-            .batch(chunk.iter().map(|(_, op)| op.clone()).collect())
-            .await
-            .context("cannot register the simulated nodes")?;
-        for ((node, _), result) in chunk.iter().zip(response.results) {
-            if let Some(Answer::Error(e)) = result.result {
-                let conflict = [
-                    Code::Aborted as i32,
-                    Code::AlreadyExists as i32,
-                    Code::NotFound as i32,
-                ];
-                if conflict.contains(&e.code) {
-                    return Ok(Some(format!("node {node}: {}", e.message)));
-                }
-                anyhow::bail!("cannot register node {node}: {}", e.message);
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// What a running task uses: a share of what it asked for.
@@ -241,18 +161,7 @@ async fn heartbeat(
         }
         let nodes: Vec<pb::NodeHeartbeat> = beats.into_values().collect();
         for chunk in nodes.chunks(5000) {
-            let request = pb::HeartbeatRequest {
-                nodes: chunk.to_vec(),
-            };
-            let sent = client
-                .call_nodes(|mut c| {
-                    let request = request.clone();
-                    async move { c.heartbeat(request).await }
-                })
-                .await;
-            if let Err(status) = sent {
-                tracing::warn!(error = %status.message(), "heartbeat failed");
-            }
+            send_heartbeats(&client, chunk.to_vec()).await;
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Change a job's number of replicas.
     Scale(ScaleArgs),
+    /// Print a task's container output (from its node's agent).
+    Logs(LogsArgs),
+    /// Show the CPU and memory nodes or tasks use now.
+    Top(TopArgs),
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
     /// Inspect and change the apiserver's members.
@@ -126,6 +130,30 @@ pub struct ScaleArgs {
     pub replicas: u32,
 }
 
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The task (`web-0` or `task/web-0`).
+    pub task: String,
+
+    /// Keep printing new output until the container stops (or Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// nodes or tasks.
+    pub kind: String,
+
+    /// Tasks of all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Every member's role, term, commit and applied index, and health.
@@ -161,10 +189,19 @@ pub struct UpArgs {
     #[arg(long, default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub listen: SocketAddr,
 
-    /// Simulated nodes to run (tasks are bound and marked Running, no
-    /// containers start); 0 for none.
+    /// How tasks run: docker (one node, this host, its Docker engine) or
+    /// sim (--sim-nodes simulated nodes: tasks are bound and marked Running,
+    /// no containers start).
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: berth_agent::Runtime,
+
+    /// Simulated nodes to run with --runtime sim.
     #[arg(long, default_value_t = 3)]
     pub sim_nodes: usize,
+
+    /// Where the Docker node's agent serves logs.
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    pub agent_listen: SocketAddr,
 
     /// CPU of each simulated node.
     #[arg(long, default_value = "8", value_parser = cpu)]

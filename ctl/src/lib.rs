@@ -156,6 +156,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Describe(args) => commands::describe::run(&context, args).await,
                 Command::Delete(args) => commands::delete::run(&context, args).await,
                 Command::Scale(args) => commands::scale::run(&context, args).await,
+                Command::Logs(args) => commands::logs::run(&context, args).await,
+                Command::Top(args) => commands::top::run(&context, args).await,
                 Command::Cluster(command) => commands::cluster::run(&context, command).await,
                 Command::Up(_) | Command::Completion { .. } => Ok(()),
             }

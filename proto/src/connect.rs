@@ -106,6 +106,25 @@ pub fn cluster_service<S: Cluster>(service: S) -> ClusterServer<S> {
     ClusterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
+/// Wraps an `Agent` implementation (a node agent's own service).
+pub fn agent_service<S: crate::pb::agent_server::Agent>(
+    service: S,
+) -> crate::pb::agent_server::AgentServer<S> {
+    crate::pb::agent_server::AgentServer::new(service)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// A client of one node agent at `address` (a node's `status.address`).
+pub fn agent_client(
+    address: &str,
+) -> Result<crate::pb::agent_client::AgentClient<Channel>, ConnectError> {
+    Ok(
+        crate::pb::agent_client::AgentClient::new(endpoint(address)?.connect_lazy())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES),
+    )
+}
+
 /// Metadata a server puts on an UNAVAILABLE answer that is worth retrying
 /// (an election is running, leadership is moving), as opposed to a server
 /// that cannot be reached at all.

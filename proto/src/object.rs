@@ -237,6 +237,44 @@ impl pb::Task {
     }
 }
 
+/// A warning Event about a task's incarnation, named
+/// `<task>.<incarnation>.<reason>`: one per incarnation and reason, so that
+/// writing it again (create-only or not) never piles up copies.
+pub fn task_warning(
+    task: &pb::Object,
+    reason: &str,
+    message: String,
+    source: &str,
+    time_ms: i64,
+) -> pb::Object {
+    let incarnation = task
+        .as_task()
+        .and_then(|t| t.spec.as_ref())
+        .map_or(0, |s| s.incarnation);
+    pb::Object::from(pb::Event {
+        metadata: Some(pb::ObjectMeta {
+            name: format!(
+                "{}.{incarnation}.{}",
+                task.name(),
+                reason.to_ascii_lowercase()
+            ),
+            namespace: task.namespace().to_string(),
+            ..Default::default()
+        }),
+        involved: Some(pb::ObjectRef {
+            kind: pb::Kind::Task as i32,
+            namespace: task.namespace().to_string(),
+            name: task.name().to_string(),
+            uid: task.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
+        }),
+        r#type: pb::EventType::Warning as i32,
+        reason: reason.to_string(),
+        message,
+        source: source.to_string(),
+        time_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

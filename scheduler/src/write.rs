@@ -66,9 +66,7 @@ impl Write {
 /// Event records it. The reconciler then replaces the task.
 pub fn evict(victim: &pb::Object, reason: &str, message: String, now_ms: i64) -> Vec<Write> {
     let mut preempted = victim.clone();
-    let mut incarnation = 0;
     if let Some(pb::object::Kind::Task(task)) = &mut preempted.kind {
-        incarnation = task.spec.as_ref().map_or(0, |s| s.incarnation);
         let status = task.status.get_or_insert_with(Default::default);
         status.phase = pb::TaskPhase::Preempted as i32;
         status.message = message.clone();
@@ -76,41 +74,14 @@ pub fn evict(victim: &pb::Object, reason: &str, message: String, now_ms: i64) ->
     }
     vec![
         Write::Status(preempted),
-        Write::Create(event(victim, reason, message, incarnation, now_ms)),
+        Write::Create(berth_proto::object::task_warning(
+            victim,
+            reason,
+            message,
+            "berth-scheduler",
+            now_ms,
+        )),
     ]
-}
-
-/// A warning Event about a task, named after the task's incarnation and
-/// the reason (one such event per incarnation).
-fn event(
-    task: &pb::Object,
-    reason: &str,
-    message: String,
-    incarnation: u64,
-    now_ms: i64,
-) -> pb::Object {
-    pb::Object::from(pb::Event {
-        metadata: Some(pb::ObjectMeta {
-            name: format!(
-                "{}.{incarnation}.{}",
-                task.name(),
-                reason.to_ascii_lowercase()
-            ),
-            namespace: task.namespace().to_string(),
-            ..Default::default()
-        }),
-        involved: Some(pb::ObjectRef {
-            kind: pb::Kind::Task as i32,
-            namespace: task.namespace().to_string(),
-            name: task.name().to_string(),
-            uid: task.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
-        }),
-        r#type: pb::EventType::Warning as i32,
-        reason: reason.to_string(),
-        message,
-        source: "berth-scheduler".to_string(),
-        time_ms: now_ms,
-    })
 }
 
 /// What a round of writes achieved.

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod docker;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -210,6 +212,21 @@ impl Component {
         ];
         all.extend_from_slice(args);
         Component::start("berth-agent", &all)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     /// SIGKILL: the process dies without a word.

@@ -5,5 +5,7 @@ pub mod cluster;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
 pub mod scale;
+pub mod top;
 pub mod up;

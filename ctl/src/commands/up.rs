@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use berth_agent::docker::DockerConfig;
 use berth_agent::sim::{SimConfig, SimNode};
 use berth_apiserver::{ApiServer, Config};
 use berth_proto::pb;
@@ -62,34 +63,74 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let config = berth_scheduler::Config::new(server_list.clone());
         components.push(tokio::spawn(berth_scheduler::run(config, stopped.clone())));
     }
-    if args.sim_nodes > 0 {
-        let nodes = (0..args.sim_nodes)
-            .map(|i| SimNode {
-                name: format!("sim-{i}"),
-                allocatable: pb::Resources {
-                    cpu_millis: args.node_cpu,
-                    memory_bytes: args.node_memory,
-                    ..Default::default()
-                },
+    let sim = args.runtime == berth_agent::Runtime::Sim && args.sim_nodes > 0;
+    let docker_node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "local".into());
+    match args.runtime {
+        berth_agent::Runtime::Sim if sim => {
+            let nodes = (0..args.sim_nodes)
+                .map(|i| SimNode {
+                    name: format!("sim-{i}"),
+                    allocatable: pb::Resources {
+                        cpu_millis: args.node_cpu,
+                        memory_bytes: args.node_memory,
+                        ..Default::default()
+                    },
+                    labels: [
+                        (
+                            "zone".to_string(),
+                            format!("zone-{}", (b'a' + (i % 3) as u8) as char),
+                        ),
+                        ("rack".to_string(), format!("rack-{}", i / 3)),
+                    ]
+                    .into(),
+                })
+                .collect();
+            let config = SimConfig {
+                server: server_list.clone(),
+                nodes,
+                start_latency: Duration::ZERO,
+                batch_runtime: Some(Duration::from_secs(30)),
+                usage: 0.5,
+                heartbeat: Duration::from_secs(2),
+            };
+            components.push(tokio::spawn(berth_agent::sim::run(config, stopped.clone())));
+        }
+        berth_agent::Runtime::Sim => {}
+        berth_agent::Runtime::Docker => {
+            let config = DockerConfig {
+                server: server_list.clone(),
+                node: docker_node.clone(),
+                cpu: None,
+                memory: None,
+                // The zone and rack of the first simulated node, so that the
+                // example manifests (constrained to zone-a, zone-b) fit.
                 labels: [
-                    (
-                        "zone".to_string(),
-                        format!("zone-{}", (b'a' + (i % 3) as u8) as char),
-                    ),
-                    ("rack".to_string(), format!("rack-{}", i / 3)),
+                    ("zone".to_string(), "zone-a".to_string()),
+                    ("rack".to_string(), "rack-0".to_string()),
                 ]
                 .into(),
-            })
-            .collect();
-        let config = SimConfig {
-            server: server_list.clone(),
-            nodes,
-            start_latency: Duration::ZERO,
-            batch_runtime: Some(Duration::from_secs(30)),
-            usage: 0.5,
-            heartbeat: Duration::from_secs(2),
-        };
-        components.push(tokio::spawn(berth_agent::sim::run(config, stopped.clone())));
+                listen: args.agent_listen,
+                advertise: None,
+                heartbeat: Duration::from_secs(2),
+                usage_interval: Duration::from_secs(5),
+                stop_grace: Duration::from_secs(10),
+                backoff: Default::default(),
+                // Ctrl-C stops the local cluster, containers included; the
+                // tasks are replaced when it comes up again.
+                drain_on_exit: true,
+            };
+            // Without an engine no task would ever start: say so now.
+            if let Err(e) = berth_agent::docker::runtime::Engine::connect(&docker_node).await {
+                for server in servers {
+                    server.shutdown().await?;
+                }
+                bail!("{e:#}\nStart Docker, or run simulated nodes: berthctl up --runtime sim");
+            }
+            let agent = tokio::spawn(berth_agent::docker::run(config, stopped.clone()));
+            components.push(agent);
+        }
     }
 
     println!("Berth is up.");
@@ -108,7 +149,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if !args.no_scheduler {
         println!("  scheduler    binpack policy, in this process");
     }
-    if args.sim_nodes > 0 {
+    if args.runtime == berth_agent::Runtime::Docker {
+        println!(
+            "  node         {docker_node}: tasks run as Docker containers on this host; \
+             its agent serves logs on {}",
+            args.agent_listen
+        );
+    }
+    if sim {
         println!(
             "  nodes        {} simulated (sim-0…), {} CPU and {} memory each: tasks are \
              bound and marked Running, no containers start; batch tasks finish after 30s",

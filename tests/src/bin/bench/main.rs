@@ -8,6 +8,7 @@
 //! target/release/berth-bench trace openb                            # scheduler, per policy
 //! target/release/berth-bench trace alibaba2017 --tasks 100000
 //! target/release/berth-bench synthetic --nodes 10000 --tasks 100000
+//! target/release/berth-bench containers --replicas 50              # Docker agent vs Swarm
 //! ```
 //!
 //! Each run starts its own `berth-apiserver` members (the binary next to this
@@ -17,6 +18,7 @@
 
 mod catch_up;
 mod cluster;
+mod containers;
 mod etcd;
 mod load;
 mod pack;
@@ -134,6 +136,16 @@ enum Bench {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Containers through the Docker agent versus Docker Swarm mode: time
+    /// until N replicas of the test image run, per-replica start latency,
+    /// and the agent's resident memory.
+    Containers {
+        #[arg(long, default_value_t = 50)]
+        replicas: u32,
+        /// Measure Berth only.
+        #[arg(long)]
+        skip_swarm: bool,
+    },
     /// Resident memory of an apiserver holding many task objects.
     Memory {
         #[arg(long, default_value_t = 100_000)]
@@ -186,6 +198,16 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => writes(&clients, duration, server).await,
         Bench::Memory { tasks, clients } => memory(tasks, clients).await,
+        Bench::Containers {
+            replicas,
+            skip_swarm,
+        } => {
+            containers::run(containers::Options {
+                replicas,
+                skip_swarm,
+            })
+            .await
+        }
         Bench::Trace {
             trace,
             tasks,
