@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod docker;
+pub mod linearizability;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
