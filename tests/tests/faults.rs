@@ -1,0 +1,346 @@
+//! Randomized fault runs against three real `berth-apiserver` members on
+//! loopback: concurrent clients read, write and compare-and-set a few
+//! registers (namespaces whose `value` label is the register) while a
+//! nemesis kills members with SIGKILL and restarts them, pauses them with
+//! SIGSTOP/SIGCONT, and cuts one off from the others (the transport's fault
+//! injection). Afterwards every register's history must be linearizable —
+//! which also means no acknowledged write was lost: the final reads come
+//! after everything else.
+//!
+//! `BERTH_SEED` replays a run's choices; `BERTH_FAULT_SECONDS` (default 12)
+//! sets its length. A failing run prints its seed, the faults and the part
+//! of the history where no order fits.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::connect::BerthClient;
+use berth_proto::pb;
+use berth_tests::Cluster;
+use berth_tests::linearizability::{Input, Operation, Output, Verdict, check};
+use tonic::Code;
+
+const KEYS: usize = 3;
+const CLIENTS: usize = 6;
+const LABEL: &str = "value";
+
+/// xorshift64*: small, seedable, good enough to pick faults and keys.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("register-{i}")
+}
+
+fn register(name: &str, value: i64, resource_version: u64) -> pb::Object {
+    pb::Object::from(pb::Namespace {
+        metadata: Some(pb::ObjectMeta {
+            name: name.to_string(),
+            labels: [(LABEL.to_string(), value.to_string())].into(),
+            resource_version,
+            ..Default::default()
+        }),
+        spec: Some(pb::NamespaceSpec::default()),
+    })
+}
+
+fn value_of(object: &pb::Object) -> Option<i64> {
+    object.labels()?.get(LABEL)?.parse().ok()
+}
+
+/// A refusal that proves the write did not happen.
+fn definitely_refused(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Aborted
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+    )
+}
+
+type History = Arc<Mutex<Vec<(usize, Operation)>>>;
+
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// Reads a register; records the read if it got an answer.
+async fn read(
+    client: &BerthClient,
+    k: usize,
+    process: u64,
+    clock: &Clock,
+    history: &History,
+) -> Option<(Option<i64>, u64)> {
+    // BERTH_FAULT_STALE_READS=1 reads members' local state without a
+    // quorum: the checker should then find violations (it does), which
+    // shows that it can.
+    let stale = std::env::var("BERTH_FAULT_STALE_READS").is_ok_and(|v| v == "1");
+    let request = pb::GetRequest {
+        kind: pb::Kind::Namespace as i32,
+        namespace: String::new(),
+        name: key(k),
+        stale,
+    };
+    let call = clock.now();
+    let answer = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.get(request).await }
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    let ret = clock.now();
+    let (value, version) = match answer {
+        Ok(object) => (value_of(&object), object.resource_version()),
+        Err(status) if status.code() == Code::NotFound => (None, 0),
+        Err(_) => return None,
+    };
+    history.lock().unwrap_or_else(|e| e.into_inner()).push((
+        k,
+        Operation {
+            process,
+            input: Input::Read,
+            output: Output::Read(value),
+            call,
+            ret: Some(ret),
+        },
+    ));
+    Some((value, version))
+}
+
+/// Writes (at `version`, if not 0: then it is a compare-and-set from
+/// `from`); records the outcome unless the write was refused.
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    client: &BerthClient,
+    k: usize,
+    value: i64,
+    cas_from: Option<(i64, u64)>,
+    process: u64,
+    clock: &Clock,
+    history: &History,
+) {
+    let version = cas_from.map_or(0, |(_, v)| v);
+    let call = clock.now();
+    let answer = client.apply(register(&key(k), value, version), false).await;
+    let ret = clock.now();
+    let (output, ret) = match answer {
+        Ok(_) => (Output::Done, Some(ret)),
+        Err(status) if definitely_refused(status.code()) => return,
+        Err(_) => (Output::Unknown, None),
+    };
+    let input = match cas_from {
+        Some((from, _)) => Input::Cas { from, to: value },
+        None => Input::Write(value),
+    };
+    history.lock().unwrap_or_else(|e| e.into_inner()).push((
+        k,
+        Operation {
+            process,
+            input,
+            output,
+            call,
+            ret,
+        },
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
+    let seed = std::env::var("BERTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    let seconds: u64 = std::env::var("BERTH_FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    eprintln!("fault run: seed {seed}, {seconds}s (BERTH_SEED={seed} replays the choices)");
+    let mut rng = Rng(seed);
+
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let servers = cluster.addresses();
+    let clock = Arc::new(Clock(Instant::now()));
+    let history: History = Arc::default();
+    let next_value = Arc::new(AtomicI64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Every register starts at 0, before any fault.
+    let setup = cluster.client();
+    for k in 0..KEYS {
+        write(&setup, k, 0, None, 0, &clock, &history).await;
+    }
+
+    let mut clients = Vec::new();
+    for process in 1..=CLIENTS as u64 {
+        let client = BerthClient::new(&servers)
+            .expect("servers")
+            .with_retry_for(Duration::from_secs(2));
+        let (clock, history, next_value, stop) = (
+            clock.clone(),
+            history.clone(),
+            next_value.clone(),
+            stop.clone(),
+        );
+        let mut rng = Rng(seed.wrapping_add(process.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let k = rng.below(KEYS as u64) as usize;
+                match rng.below(10) {
+                    0..4 => {
+                        read(&client, k, process, &clock, &history).await;
+                    }
+                    4..7 => {
+                        let value = next_value.fetch_add(1, Ordering::Relaxed);
+                        write(&client, k, value, None, process, &clock, &history).await;
+                    }
+                    _ => {
+                        // Compare-and-set: what was read, at the version read.
+                        if let Some((Some(from), version)) =
+                            read(&client, k, process, &clock, &history).await
+                        {
+                            let value = next_value.fetch_add(1, Ordering::Relaxed);
+                            let cas = Some((from, version));
+                            write(&client, k, value, cas, process, &clock, &history).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // The nemesis.
+    let mut faults = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
+        let id = 1 + rng.below(3);
+        let hold = Duration::from_millis(500 + rng.below(1500));
+        match rng.below(3) {
+            0 => {
+                faults.push(format!("{:?} kill -9 member {id}", clock.0.elapsed()));
+                cluster.member(id).kill9();
+                tokio::time::sleep(hold).await;
+                cluster.member(id).restart();
+            }
+            1 => {
+                faults.push(format!(
+                    "{:?} SIGSTOP member {id} for {hold:?}",
+                    clock.0.elapsed()
+                ));
+                let pid = cluster.member(id).pid().expect("running");
+                let signal = |s: &str| {
+                    std::process::Command::new("kill")
+                        .arg(format!("-{s}"))
+                        .arg(pid.to_string())
+                        .status()
+                };
+                let _ = signal("STOP");
+                tokio::time::sleep(hold).await;
+                let _ = signal("CONT");
+            }
+            _ => {
+                let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
+                faults.push(format!(
+                    "{:?} member {id} cut off for {hold:?}",
+                    clock.0.elapsed()
+                ));
+                cluster.partition(id, &others).await;
+                tokio::time::sleep(hold).await;
+                cluster.heal().await;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    cluster.heal().await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+
+    // Final reads, after everything: an acknowledged write that was lost
+    // shows up here as a violation.
+    let last = cluster.client();
+    for k in 0..KEYS {
+        let mut tries = 0;
+        while read(&last, k, 1000, &clock, &history).await.is_none() {
+            tries += 1;
+            assert!(tries < 50, "no final read of register {k}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut by_key: BTreeMap<usize, Vec<Operation>> = BTreeMap::new();
+    for (k, op) in history {
+        by_key.entry(k).or_default().push(op);
+    }
+    let total: usize = by_key.values().map(Vec::len).sum();
+    let unknown = by_key
+        .values()
+        .flatten()
+        .filter(|op| op.output == Output::Unknown)
+        .count();
+    eprintln!(
+        "{total} operations ({unknown} with unknown outcome), {} faults:\n  {}",
+        faults.len(),
+        faults.join("\n  ")
+    );
+    for (k, ops) in &by_key {
+        match check(ops, None, 50_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { longest } => {
+                // The operations around the first one no order could place.
+                let placed: std::collections::HashSet<usize> = longest.into_iter().collect();
+                let first = (0..ops.len())
+                    .filter(|i| !placed.contains(i))
+                    .min_by_key(|i| ops[*i].call)
+                    .unwrap_or(0);
+                let at = ops[first].call;
+                let excerpt: Vec<String> = ops
+                    .iter()
+                    .filter(|op| {
+                        op.call <= at && op.ret.is_none_or(|r| r >= at.saturating_sub(200_000_000))
+                    })
+                    .map(|op| format!("{op:?}"))
+                    .collect();
+                panic!(
+                    "register {k} is not linearizable (seed {seed}); around {:?}:\n{}\nfaults:\n{}",
+                    Duration::from_nanos(at),
+                    excerpt.join("\n"),
+                    faults.join("\n")
+                );
+            }
+            Verdict::Unknown { budget } => {
+                panic!("register {k}: no verdict within {budget} steps (seed {seed})")
+            }
+        }
+    }
+}
