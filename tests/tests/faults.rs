@@ -3,16 +3,19 @@
 //! registers (namespaces whose `value` label is the register) while a
 //! nemesis kills members with SIGKILL and restarts them, pauses them with
 //! SIGSTOP/SIGCONT, and cuts one off from the others (the transport's fault
-//! injection). Afterwards every register's history must be linearizable —
-//! which also means no acknowledged write was lost: the final reads come
-//! after everything else.
+//! injection), or restarts all of them at once. Afterwards every register's
+//! history must be linearizable — which also means no acknowledged write was
+//! lost: the final reads come after everything else — and a watcher that
+//! followed the registers throughout (resuming on another member whenever
+//! its stream broke) must have seen every acknowledged write, each change
+//! once, in revision order, ending equal to the final state.
 //!
 //! `BERTH_SEED` replays a run's choices; `BERTH_FAULT_SECONDS` (default 12)
 //! sets its length. A failing run prints its seed, the faults and the part
 //! of the history where no order fits.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,6 +169,63 @@ async fn write(
     ));
 }
 
+/// One change a watcher saw: revision, register, value.
+type Seen = (u64, String, Option<i64>);
+
+/// Follows the registers from `from` until `stop` is set and it has seen
+/// revision `until`, resuming on the next member after each broken stream
+/// from the last revision it saw, as every Berth component does.
+async fn watch_registers(
+    servers: Vec<String>,
+    from: u64,
+    stop: Arc<AtomicBool>,
+    until: Arc<AtomicU64>,
+) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut last = from;
+    let mut server = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) && last >= until.load(Ordering::Relaxed) {
+            return seen;
+        }
+        server = (server + 1) % servers.len();
+        let client = BerthClient::new(&servers[server..=server]).expect("server");
+        let request = pb::WatchRequest {
+            kind: pb::Kind::Namespace as i32,
+            from_revision: last,
+            ..Default::default()
+        };
+        let Ok(stream) = client.objects().watch(request).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+            let event = match next {
+                Ok(Ok(Some(event))) => event,
+                Ok(Ok(None) | Err(_)) => break,
+                // Quiet: time to look at `stop` again.
+                Err(_) => {
+                    if stop.load(Ordering::Relaxed) && last >= until.load(Ordering::Relaxed) {
+                        return seen;
+                    }
+                    continue;
+                }
+            };
+            if event.r#type() == pb::WatchEventType::Bookmark {
+                last = last.max(event.revision);
+                continue;
+            }
+            if let Some(object) = &event.object {
+                seen.push((event.revision, object.name().to_string(), value_of(object)));
+            }
+            last = event.revision;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
     let seed = std::env::var("BERTH_SEED")
@@ -197,6 +257,19 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
     for k in 0..KEYS {
         write(&setup, k, 0, None, 0, &clock, &history).await;
     }
+
+    let start = setup
+        .list(pb::Kind::Namespace, "")
+        .await
+        .expect("list")
+        .revision;
+    let caught_up_to = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = tokio::spawn(watch_registers(
+        servers.clone(),
+        start,
+        stop.clone(),
+        caught_up_to.clone(),
+    ));
 
     let mut clients = Vec::new();
     for process in 1..=CLIENTS as u64 {
@@ -243,7 +316,7 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
         let id = 1 + rng.below(3);
         let hold = Duration::from_millis(500 + rng.below(1500));
-        match rng.below(3) {
+        match rng.below(4) {
             0 => {
                 faults.push(format!("{:?} kill -9 member {id}", clock.0.elapsed()));
                 cluster.member(id).kill9();
@@ -265,6 +338,15 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
                 let _ = signal("STOP");
                 tokio::time::sleep(hold).await;
                 let _ = signal("CONT");
+            }
+            2 => {
+                faults.push(format!("{:?} kill -9 every member", clock.0.elapsed()));
+                for member in 1..=3 {
+                    cluster.member(member).kill9();
+                }
+                for member in 1..=3 {
+                    cluster.member(member).restart();
+                }
             }
             _ => {
                 let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
@@ -297,7 +379,19 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
         }
     }
 
+    // The watcher ends once it has seen the final state.
+    let final_list = last
+        .list(pb::Kind::Namespace, "")
+        .await
+        .expect("final list");
+    caught_up_to.store(final_list.revision, Ordering::Relaxed);
+    let watched = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the watcher catches up")
+        .expect("watcher");
+
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    check_watch(&watched, &history, &final_list, seed);
     let mut by_key: BTreeMap<usize, Vec<Operation>> = BTreeMap::new();
     for (k, op) in history {
         by_key.entry(k).or_default().push(op);
@@ -343,4 +437,62 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
             }
         }
     }
+}
+
+/// The watch contract: revisions strictly increase (no duplicate, no
+/// reordering, across resumptions), every acknowledged write shows up (no
+/// gap), and replaying the changes gives the final state.
+fn check_watch(
+    watched: &[Seen],
+    history: &[(usize, Operation)],
+    final_list: &pb::ListResponse,
+    seed: u64,
+) {
+    for pair in watched.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "watch out of order or repeated (seed {seed}): {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let values: std::collections::HashSet<(String, i64)> = watched
+        .iter()
+        .filter_map(|(_, name, value)| Some((name.clone(), (*value)?)))
+        .collect();
+    for (k, op) in history {
+        let written = match op.input {
+            Input::Write(v) => v,
+            Input::Cas { to, .. } => to,
+            Input::Read => continue,
+        };
+        // The setup writes came before the watch started.
+        if op.output == Output::Done && written != 0 {
+            assert!(
+                values.contains(&(key(*k), written)),
+                "the watch missed the acknowledged write of {written} to {} (seed {seed})",
+                key(*k)
+            );
+        }
+    }
+    let mut replayed: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    for (revision, name, value) in watched {
+        if *revision <= final_list.revision {
+            replayed.insert(name.clone(), *value);
+        }
+    }
+    for object in &final_list.objects {
+        if let Some(seen) = replayed.get(object.name()) {
+            assert_eq!(
+                *seen,
+                value_of(object),
+                "the watch ends at another value of {} than the store (seed {seed})",
+                object.name()
+            );
+        }
+    }
+    eprintln!(
+        "the watcher saw {} changes, in order, none missing",
+        watched.len()
+    );
 }
