@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod linearizability;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct ApiServer {
     pub addr: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// A command the server runs under (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
 }
 
 impl ApiServer {
@@ -79,6 +82,7 @@ impl ApiServer {
             addr: addr.into(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -88,7 +92,15 @@ impl ApiServer {
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).expect("create the data dir");
-        let mut child = Command::new(binary("berth-apiserver"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary("berth-apiserver"));
+                c
+            }
+            None => Command::new(binary("berth-apiserver")),
+        };
+        let mut child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
@@ -295,18 +307,41 @@ pub fn free_port() -> u16 {
 /// Several `berth-apiserver` members forming one cluster, each with fault
 /// injection on, so that tests can partition them.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    /// Members by id (1-based); `members[id - 1]`.
+    /// Members by id (1-based); `members[id - 1]`. (Dropped before the
+    /// network below, so that no process outlives its namespace.)
     pub members: Vec<ApiServer>,
+    pub dir: tempfile::TempDir,
+    /// With [`Cluster::start_networked`]: the members' own network, where
+    /// partitions are iptables rules.
+    pub network: Option<netns::Network>,
 }
 
 impl Cluster {
-    /// Starts `n` members with extra flags on each.
+    /// Starts `n` members with extra flags on each, on loopback, with the
+    /// transport's fault injection on (partitions go through it).
     pub fn start(n: u64, args: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
         let addresses: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let mut all = vec!["--fault-injection"];
+        all.extend_from_slice(args);
+        Cluster::launch(addresses, &all, None)
+    }
+
+    /// Starts `n` members, each in its own network namespace on a bridge
+    /// (see [`netns`]); Err says why that is not possible here.
+    pub fn start_networked(n: u64, args: &[&str]) -> Result<Cluster, String> {
+        let network = netns::Network::create(n)?;
+        let addresses: Vec<String> = (1..=n)
+            .map(|id| format!("{}:7400", network.ip(id)))
+            .collect();
+        Ok(Cluster::launch(addresses, args, Some(network)))
+    }
+
+    /// Starts one member per address (member ids from 1), forming one
+    /// cluster; in `network`'s namespaces if given.
+    fn launch(addresses: Vec<String>, args: &[&str], network: Option<netns::Network>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
         let initial = addresses
             .iter()
             .enumerate()
@@ -318,21 +353,24 @@ impl Cluster {
             .enumerate()
             .map(|(i, address)| {
                 let id = (i + 1).to_string();
-                let mut member_args = vec![
-                    "--member-id",
-                    &id,
-                    "--initial-cluster",
-                    &initial,
-                    "--fault-injection",
-                ];
+                let mut member_args = vec!["--member-id", &id, "--initial-cluster", &initial];
                 member_args.extend_from_slice(args);
-                ApiServer::new(&dir.path().join(format!("m{id}")), address, &member_args)
+                let mut member =
+                    ApiServer::new(&dir.path().join(format!("m{id}")), address, &member_args);
+                if let Some(network) = &network {
+                    member.wrapper = network.wrapper(i as u64 + 1);
+                }
+                member
             })
             .collect();
         for member in &mut members {
             member.spawn();
         }
-        Cluster { dir, members }
+        Cluster {
+            members,
+            dir,
+            network,
+        }
     }
 
     /// Starts a new, empty member that waits to be added (`--join`).
@@ -409,6 +447,10 @@ impl Cluster {
 
     /// Drops all traffic between member `id` and `others` (both directions).
     pub async fn partition(&self, id: u64, others: &[u64]) {
+        if let Some(network) = &self.network {
+            network.cut(id, others);
+            return;
+        }
         self.set_blocked(id, others.to_vec()).await;
         for other in others {
             self.set_blocked(*other, vec![id]).await;
@@ -417,6 +459,10 @@ impl Cluster {
 
     /// Ends every partition.
     pub async fn heal(&self) {
+        if let Some(network) = &self.network {
+            network.heal();
+            return;
+        }
         for id in 1..=self.members.len() as u64 {
             if self.members[(id - 1) as usize].is_running() {
                 self.set_blocked(id, Vec::new()).await;
