@@ -162,7 +162,7 @@ fn zone_name(i: usize) -> String {
 }
 
 /// This host's name, lower-case (a node name must be a DNS label).
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "node".into())

@@ -49,6 +49,11 @@ impl Backoff {
     }
 }
 
+/// Ends the message of a task waiting to restart; what comes before it is
+/// the account of the exit, which the Running status after the restart
+/// keeps.
+const RESTARTING_IN: &str = "; restarting in ";
+
 /// How long after a SIGKILL exit the OOM flag may still arrive.
 const OOM_SETTLE_MS: i64 = 1_000;
 
@@ -188,7 +193,7 @@ pub fn decide(task: &pb::Task, seen: &Seen<'_>, now_ms: i64, backoff: &Backoff) 
                     format!("restarted after: {}", seen.last_exit.unwrap_or_default())
                 }
                 pb::TaskPhase::Starting if !status.message.is_empty() => {
-                    let exit = status.message.split("; restarting in").next().unwrap_or("");
+                    let exit = status.message.split(RESTARTING_IN).next().unwrap_or("");
                     format!("restarted after: {exit}")
                 }
                 pb::TaskPhase::Running => status.message.clone(),
@@ -234,7 +239,7 @@ pub fn decide(task: &pb::Task, seen: &Seen<'_>, now_ms: i64, backoff: &Backoff) 
                 waiting.exit_code = Some(exit.code);
                 waiting.oom_killed = exit.oom_killed;
                 let wait_s = (due - now_ms + 999) / 1000;
-                waiting.message = format!("{message}; restarting in {wait_s}s");
+                waiting.message = format!("{message}{RESTARTING_IN}{wait_s}s");
                 // The message names the wait; rewrite it only when the
                 // exit it reports is new, not each second.
                 let mut steps = Vec::new();

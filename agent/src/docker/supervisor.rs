@@ -133,7 +133,7 @@ pub struct Supervisor {
     probers: HashMap<String, (i64, JoinHandle<()>)>,
     /// When running containers started, by id (inspected once per start).
     started_at: HashMap<String, i64>,
-    /// Exits inspected, by container id and the engine's finished time.
+    /// When a restart backoff runs out next.
     wake_at: Option<Instant>,
     ops: Arc<Semaphore>,
     done_tx: mpsc::Sender<Done>,
@@ -338,13 +338,13 @@ impl Supervisor {
             }
         }
         for stray in strays {
-            if self.busy.insert(stray.uid.clone()) {
+            if !self.busy.contains(&stray.uid) {
                 tracing::info!(task = %stray.task, container = %short(&stray.id), "removing a container whose task is no longer bound here");
                 self.spawn_stop(stray, true);
             }
         }
         for container in to_stop {
-            if self.busy.insert(container.uid.clone()) {
+            if !self.busy.contains(&container.uid) {
                 tracing::info!(task = %container.task, container = %short(&container.id), "stopping the container of an ended task");
                 self.spawn_stop(container, false);
             }
@@ -433,7 +433,6 @@ impl Supervisor {
                         reports.push(changed);
                     }
                     Step::Create { restarts } => {
-                        self.busy.insert(uid.clone());
                         self.spawn_create(object.clone(), uid.clone(), restarts);
                     }
                     Step::Start {
@@ -442,7 +441,6 @@ impl Supervisor {
                         after,
                     } => {
                         tracing::info!(task = %object.name(), restarts, %after, "starting the container");
-                        self.busy.insert(uid.clone());
                         if !after.is_empty() {
                             self.last_exit.insert(uid.clone(), after);
                         }
@@ -456,7 +454,6 @@ impl Supervisor {
                         self.unhealthy.remove(&id);
                         self.killed.insert(id.clone(), reason);
                         if let Some(c) = container.cloned() {
-                            self.busy.insert(uid.clone());
                             self.spawn_stop(c, false);
                         }
                     }
@@ -524,50 +521,54 @@ impl Supervisor {
         }
     }
 
-    fn spawn_create(&self, object: Arc<pb::Object>, uid: String, restarts: u32) {
-        let (engine, ops, done) = (self.engine.clone(), self.ops.clone(), self.done_tx.clone());
+    /// Runs a Docker operation of task `uid` in the background, at most
+    /// [`CONCURRENT_OPS`] at once; the task is left alone (busy) until the
+    /// operation's [`Done`] comes back.
+    fn spawn_op(&mut self, uid: String, op: impl Future<Output = Done> + Send + 'static) {
+        self.busy.insert(uid);
+        let (ops, done) = (self.ops.clone(), self.done_tx.clone());
         tokio::spawn(async move {
             let _permit = ops.acquire_owned().await;
-            let result = engine.create_and_start(&object).await;
-            let _ = done
-                .send(Done::Created {
-                    uid,
-                    restarts,
-                    result,
-                })
-                .await;
+            let _ = done.send(op.await).await;
         });
     }
 
-    fn spawn_start(&self, id: String, uid: String, restarts: u32) {
-        let (engine, ops, done) = (self.engine.clone(), self.ops.clone(), self.done_tx.clone());
-        tokio::spawn(async move {
-            let _permit = ops.acquire_owned().await;
+    fn spawn_create(&mut self, object: Arc<pb::Object>, uid: String, restarts: u32) {
+        let engine = self.engine.clone();
+        self.spawn_op(uid.clone(), async move {
+            let result = engine.create_and_start(&object).await;
+            Done::Created {
+                uid,
+                restarts,
+                result,
+            }
+        });
+    }
+
+    fn spawn_start(&mut self, id: String, uid: String, restarts: u32) {
+        let engine = self.engine.clone();
+        self.spawn_op(uid.clone(), async move {
             let result = engine.start(&id).await;
-            let _ = done
-                .send(Done::Started {
-                    uid,
-                    id,
-                    restarts,
-                    result,
-                })
-                .await;
+            Done::Started {
+                uid,
+                id,
+                restarts,
+                result,
+            }
         });
     }
 
     /// Stops (SIGTERM, grace, SIGKILL) and, if `remove`, removes.
-    fn spawn_stop(&self, container: Container, remove: bool) {
-        let (engine, ops, done) = (self.engine.clone(), self.ops.clone(), self.done_tx.clone());
-        let grace = self.config.stop_grace;
-        tokio::spawn(async move {
-            let _permit = ops.acquire_owned().await;
+    fn spawn_stop(&mut self, container: Container, remove: bool) {
+        let (engine, grace) = (self.engine.clone(), self.config.stop_grace);
+        self.spawn_op(container.uid.clone(), async move {
             if let Err(e) = engine.stop(&container.id, grace).await {
                 tracing::warn!(error = %e, "cannot stop a container");
             }
             if remove && let Err(e) = engine.remove(&container.id).await {
                 tracing::warn!(error = %e, "cannot remove a container");
             }
-            let _ = done.send(Done::Stopped { uid: container.uid }).await;
+            Done::Stopped { uid: container.uid }
         });
     }
 

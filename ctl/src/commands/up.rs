@@ -64,9 +64,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         components.push(tokio::spawn(berth_scheduler::run(config, stopped.clone())));
     }
     let sim = args.runtime == berth_agent::Runtime::Sim && args.sim_nodes > 0;
-    let docker_node = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_ascii_lowercase())
-        .unwrap_or_else(|_| "local".into());
+    let docker_node = berth_agent::config::host_name();
     match args.runtime {
         berth_agent::Runtime::Sim if sim => {
             let nodes = (0..args.sim_nodes)
