@@ -92,6 +92,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_BOOKMARK_INTERVAL", default_value = "10s", value_parser = duration)]
     pub bookmark_interval: Duration,
 
+    /// Free space to keep on the data dir's filesystem: below it, the leader
+    /// refuses new writes with RESOURCE_EXHAUSTED (reads and deletes go on)
+    /// until space is freed. `auto` is 5 % of the filesystem, at most 256Mi.
+    #[arg(long, env = "BERTH_DISK_RESERVE", default_value = "auto")]
+    pub disk_reserve: crate::disk::Reserve,
+
     /// Serve the Raft.Partition RPC that drops traffic to chosen members
     /// (tests only).
     #[arg(long, env = "BERTH_FAULT_INJECTION")]
@@ -150,6 +156,7 @@ impl Config {
             history_retention: 50_000,
             history_cache: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            disk_reserve: crate::disk::Reserve::Auto,
             fault_injection: false,
         }
     }

@@ -49,11 +49,16 @@ pub enum ApiError {
     /// The store failed; this member refuses writes until restarted.
     #[error("storage failed, this member refuses writes until restarted: {0}")]
     Storage(String),
-    /// The disk is full; this member refuses writes until restarted.
+    /// The disk filled up under a write; this member serves nothing until
+    /// space is freed, then restarts itself from its store.
     #[error(
-        "the disk is full, this member refuses writes until space is freed and it is restarted: {0}"
+        "the disk of this member is full; it serves nothing until space is freed, then restarts by itself: {0}"
     )]
     DiskFull(String),
+    /// Free space is below the reserve: new writes are refused, the rest
+    /// is served. The message names the dir and both sizes.
+    #[error("{0}")]
+    LowDiskSpace(String),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -77,9 +82,10 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::NamespaceNotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Conflict { .. } => Code::Aborted,
-            ApiError::QuotaExceeded(_) | ApiError::TooLarge(_) | ApiError::DiskFull(_) => {
-                Code::ResourceExhausted
-            }
+            ApiError::QuotaExceeded(_)
+            | ApiError::TooLarge(_)
+            | ApiError::DiskFull(_)
+            | ApiError::LowDiskSpace(_) => Code::ResourceExhausted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Compacted { .. } => Code::OutOfRange,
             ApiError::NotLeader { .. }
@@ -129,6 +135,10 @@ impl ApiError {
         } else {
             ApiError::Storage(reason)
         }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ApiError::DiskFull(_))
     }
 }
 

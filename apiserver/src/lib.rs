@@ -9,10 +9,12 @@
 //! - [`watch`]: change streams from any revision, from memory or disk.
 //! - [`storage`]: the sled layout; the only module that knows sled.
 //! - [`state`]: immutable snapshots that reads are served from.
-//! - [`server`]: wiring and shutdown.
+//! - [`disk`]: the free-space reserve that keeps a full disk from failing writes.
+//! - [`server`]: wiring, shutdown, and the restart in place after a full disk.
 
 pub mod allocation;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod liveness;
 pub mod replication;

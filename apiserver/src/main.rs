@@ -25,7 +25,5 @@ async fn run(config: berth_apiserver::Config) -> anyhow::Result<()> {
     let server = berth_apiserver::ApiServer::start(config).await?;
     // Tests and `berthctl up` wait for this line.
     println!("berth-apiserver listening on {}", server.local_addr());
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
-    server.shutdown().await
+    server.serve_until(shutdown_signal()).await
 }

@@ -19,19 +19,111 @@ use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::watch::WatchHub;
 
-/// A running apiserver member.
+/// A running apiserver member. It restarts itself in place (same address,
+/// state read back from its store, as after a process restart) when its
+/// disk filled up and space has returned.
 pub struct ApiServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    supervisor: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// How long a restart in place keeps trying to open the store again.
+const REOPEN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl ApiServer {
+    /// Opens the store in `config.data_dir` (bootstrapping a new member on an
+    /// empty one), binds `config.listen` and serves.
+    pub async fn start(mut config: Config) -> anyhow::Result<ApiServer> {
+        let member = Member::start(&config).await?;
+        let local_addr = member.local_addr;
+        // A restart binds the same port, not another free one.
+        config.listen = local_addr;
+        let (stop, stopped) = watch::channel(false);
+        let supervisor = tokio::spawn(supervise(member, config, stopped));
+        Ok(ApiServer {
+            local_addr,
+            stop,
+            supervisor,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting requests, ends watch streams, stops the raft loop.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.supervisor.await?
+    }
+
+    /// Serves until `signal` resolves, then shuts down; returns early with
+    /// the error if the member cannot go on (a restart in place failed).
+    pub async fn serve_until(
+        mut self,
+        signal: impl std::future::Future<Output = std::io::Result<()>>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            received = signal => {
+                received?;
+                tracing::info!("shutting down");
+                self.shutdown().await
+            }
+            ended = &mut self.supervisor => match ended? {
+                Ok(()) => bail!("the member stopped"),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// Runs `member` until told to stop, restarting it when it asks to.
+async fn supervise(
+    mut member: Member,
+    config: Config,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let restart = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => false,
+            // Err: the raft loop ended without asking (it stopped or
+            // panicked); the member stays down until told to stop.
+            wanted = &mut member.restart_wanted => wanted.is_ok(),
+        };
+        if !restart {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            return member.shutdown().await;
+        }
+        member.shutdown().await?;
+        let deadline = std::time::Instant::now() + REOPEN_FOR;
+        member = loop {
+            match Member::start(&config).await {
+                Ok(member) => break member,
+                // The old store's last handles may take a moment to close.
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %format!("{e:#}"), "restart in place: retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context("restarting after the disk filled up")),
+            }
+        };
+        tracing::warn!(addr = %member.local_addr, "restarted in place; serving again");
+    }
+}
+
+/// One incarnation of the member: store, raft loop, gRPC server.
+struct Member {
     local_addr: SocketAddr,
     replica: Replica,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     raft: JoinHandle<()>,
+    restart_wanted: tokio::sync::oneshot::Receiver<()>,
 }
 
-impl ApiServer {
-    /// Opens the store in `config.data_dir` (bootstrapping a new member on an
-    /// empty one), binds `config.listen` and serves.
-    pub async fn start(config: Config) -> anyhow::Result<ApiServer> {
+impl Member {
+    async fn start(config: &Config) -> anyhow::Result<Member> {
         if !config.data_dir.is_dir() {
             bail!(
                 "the data dir {} does not exist: create it to start a new member; if this member had \
@@ -108,8 +200,10 @@ impl ApiServer {
             proposal_timeout: config.proposal_timeout,
             history_retention: config.history_retention.max(1),
             fault_injection: config.fault_injection,
+            data_dir: config.data_dir.clone(),
+            disk_reserve: config.disk_reserve,
         };
-        let (replica, raft) = replication::start(settings, storage, log, machine, hub.clone())?;
+        let (replica, running) = replication::start(settings, storage, log, machine, hub.clone())?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let liveness = Arc::new(Liveness::default());
@@ -149,21 +243,17 @@ impl ApiServer {
                 }),
         );
         tracing::info!(%local_addr, %advertise, "serving");
-        Ok(ApiServer {
+        Ok(Member {
             local_addr,
             replica,
             shutdown,
             serving,
-            raft,
+            raft: running.thread,
+            restart_wanted: running.restart_wanted,
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting requests, ends watch streams, stops the raft loop.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.serving.await??;
         self.replica.shutdown();

@@ -53,6 +53,12 @@ pub enum Command {
     Top(TopArgs),
     /// Run a local cluster in the foreground until Ctrl-C.
     Up(UpArgs),
+    /// Mark a node unschedulable: its tasks stay, no new one is placed.
+    Cordon(NodeArgs),
+    /// Make a cordoned node schedulable again.
+    Uncordon(NodeArgs),
+    /// Cordon a node and move its tasks elsewhere, a job's maxUnavailable at a time.
+    Drain(DrainArgs),
     /// Inspect and change the apiserver's members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -61,6 +67,22 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's name (`berthctl get nodes`).
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node's name (`berthctl get nodes`).
+    pub node: String,
+
+    /// Give up (with a non-zero exit) if tasks are still on the node after this long.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -222,4 +244,11 @@ fn cpu(s: &str) -> Result<i64, String> {
 
 fn memory(s: &str) -> Result<i64, String> {
     berth_proto::quantity::parse_memory(s).map_err(|e| e.to_string())
+}
+
+/// `30s`, `5m`, `1h30m`.
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 30s, 5m): {e}"))
 }

@@ -159,6 +159,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Logs(args) => commands::logs::run(&context, args).await,
                 Command::Top(args) => commands::top::run(&context, args).await,
                 Command::Cluster(command) => commands::cluster::run(&context, command).await,
+                Command::Cordon(args) => commands::node::cordon(&context, args).await,
+                Command::Uncordon(args) => commands::node::uncordon(&context, args).await,
+                Command::Drain(args) => commands::node::drain(&context, args).await,
                 Command::Up(_) | Command::Completion { .. } => Ok(()),
             }
         }

@@ -3,7 +3,7 @@
 //! to its [`ClusterState`](crate::state::ClusterState).
 //!
 //! A watch that breaks is re-opened from the last revision it delivered
-//! (any member serves it, in the same order); a watch refused because its
+//! whole (any member serves it, in the same order); a watch refused because its
 //! revision was compacted, or that cannot be re-opened, starts over with a
 //! fresh List — as Kubernetes' reflectors do.
 
@@ -85,7 +85,13 @@ async fn reflect(
                 continue;
             }
         };
+        // The last revision delivered whole: a revision's changes arrive as
+        // several events, and a stream can break between two of them, so a
+        // watch re-opens from here (changes delivered twice are harmless:
+        // the state ignores versions it already has), never from the last
+        // event seen.
         let mut revision = list.revision;
+        let mut last_seen = list.revision;
         let listed = Update::Listed {
             kind,
             objects: list.objects,
@@ -129,7 +135,13 @@ async fn reflect(
                     }
                 };
                 reopened = false;
-                revision = revision.max(event.revision);
+                if event.r#type() == pb::WatchEventType::Bookmark {
+                    revision = revision.max(event.revision);
+                } else if event.revision > last_seen {
+                    // A new revision begins: the one before is whole.
+                    revision = revision.max(last_seen);
+                }
+                last_seen = last_seen.max(event.revision);
                 let update = match (event.r#type(), event.object) {
                     (pb::WatchEventType::Added | pb::WatchEventType::Modified, Some(object)) => {
                         Update::Changed(object)

@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod linearizability;
+pub mod nemesis;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
@@ -296,6 +297,13 @@ pub fn apiserver_refuses(args: &[&str]) -> String {
     }
 }
 
+/// Whether tests that need root (mounts, network namespaces) must fail
+/// rather than skip or fall back when they cannot have it
+/// (`BERTH_REQUIRE_PRIVILEGED=1`, set by `.ci/run`).
+pub fn privileged_required() -> bool {
+    std::env::var("BERTH_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
 /// A free loopback port (bound, then released for the caller to use).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -314,6 +322,11 @@ pub struct Cluster {
     /// With [`Cluster::start_networked`]: the members' own network, where
     /// partitions are iptables rules.
     pub network: Option<netns::Network>,
+    /// The extra flags every member was started with.
+    args: Vec<String>,
+    /// The member id running in each slot (they differ once a member was
+    /// replaced).
+    ids: Vec<u64>,
 }
 
 impl Cluster {
@@ -336,6 +349,32 @@ impl Cluster {
             .map(|id| format!("{}:7400", network.ip(id)))
             .collect();
         Ok(Cluster::launch(addresses, args, Some(network)))
+    }
+
+    /// Starts `n` members for a fault run: each in a network namespace of
+    /// its own where this machine allows it (root, iproute2, iptables), so
+    /// that partitions are real; on loopback with the transport's fault
+    /// injection otherwise — unless [`privileged_required`], then that is a
+    /// failure.
+    pub fn start_for_faults(n: u64, args: &[&str]) -> Cluster {
+        match Cluster::start_networked(n, args) {
+            Ok(cluster) => {
+                eprintln!(
+                    "members in network namespaces of their own; partitions are iptables rules"
+                );
+                cluster
+            }
+            Err(why) => {
+                assert!(
+                    !privileged_required(),
+                    "BERTH_REQUIRE_PRIVILEGED=1 but no network namespaces: {why}"
+                );
+                eprintln!(
+                    "no network namespaces ({why}): partitions through the transport's fault injection"
+                );
+                Cluster::start(n, args)
+            }
+        }
     }
 
     /// Starts one member per address (member ids from 1), forming one
@@ -370,7 +409,40 @@ impl Cluster {
             members,
             dir,
             network,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ids: (1..=addresses.len() as u64).collect(),
         }
+    }
+
+    /// The member id in `slot`.
+    pub fn member_id(&self, slot: u64) -> u64 {
+        self.ids[(slot - 1) as usize]
+    }
+
+    /// Replaces the process in `slot` (the member at `members[slot - 1]`,
+    /// in its network namespace if any) by a brand-new member `new_id`: the
+    /// old one is killed and its data dir deleted, the new one starts empty
+    /// at the same address with `--join` and waits to be added (a machine
+    /// replaced, as an operator would do it after `remove-member`).
+    pub fn respawn_as_joiner(&mut self, slot: u64, new_id: u64) {
+        let index = (slot - 1) as usize;
+        let address = self.members[index].addr.clone();
+        self.members[index].kill9();
+        let _ = std::fs::remove_dir_all(&self.members[index].data_dir);
+        let id = new_id.to_string();
+        let mut args = vec!["--member-id", &id, "--join"];
+        args.extend(self.args.iter().map(String::as_str));
+        let mut member = ApiServer::new(
+            &self.dir.path().join(format!("m{slot}-{new_id}")),
+            &address,
+            &args,
+        );
+        if let Some(network) = &self.network {
+            member.wrapper = network.wrapper(slot);
+        }
+        member.spawn();
+        self.members[index] = member;
+        self.ids[index] = new_id;
     }
 
     /// Starts a new, empty member that waits to be added (`--join`).
@@ -390,6 +462,7 @@ impl Cluster {
             "joiners take the next id"
         );
         self.members.push(member);
+        self.ids.push(id);
         address
     }
 
@@ -447,13 +520,26 @@ impl Cluster {
 
     /// Drops all traffic between member `id` and `others` (both directions).
     pub async fn partition(&self, id: u64, others: &[u64]) {
+        let links: Vec<(u64, u64)> = others.iter().map(|o| (id, *o)).collect();
+        self.cut_links(&links).await;
+    }
+
+    /// Drops all traffic over each link (a pair of slots, both ways).
+    pub async fn cut_links(&self, links: &[(u64, u64)]) {
         if let Some(network) = &self.network {
-            network.cut(id, others);
+            for (a, b) in links {
+                network.cut(*a, &[*b]);
+            }
             return;
         }
-        self.set_blocked(id, others.to_vec()).await;
-        for other in others {
-            self.set_blocked(*other, vec![id]).await;
+        // The transport's fault injection takes each member's whole list.
+        let mut blocked: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for (a, b) in links {
+            blocked.entry(*a).or_default().push(self.member_id(*b));
+            blocked.entry(*b).or_default().push(self.member_id(*a));
+        }
+        for (slot, ids) in blocked {
+            self.set_blocked(slot, ids).await;
         }
     }
 
@@ -538,6 +624,12 @@ impl CtlOutput {
         );
         self.stderr
     }
+}
+
+/// Runs berthctl against `server` (a blocking call: from async code, run
+/// it with `spawn_blocking`).
+pub fn ctl_at(server: &str, args: &[&str]) -> CtlOutput {
+    ctl(server, args, None)
 }
 
 fn ctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> CtlOutput {

@@ -4,9 +4,9 @@
 //! than the transport choosing not to send. Needs root and iproute2; a test
 //! that cannot have it says why.
 //!
-//! Everything is named after the test process (bridge `bb<pid>`, namespaces
-//! `bn<pid>-<id>`, subnet 10.x.y.0/24 from the pid), so parallel tests never
-//! meet, and is removed on drop.
+//! Everything is named after the test process and a count (bridge
+//! `bb<pid><n>`, namespaces `bn<pid><n>-<id>`, subnet 10.x.y.0/24 from
+//! both), so parallel tests never meet, and is removed on drop.
 
 use std::process::Command;
 
@@ -36,9 +36,14 @@ fn run(args: &[&str]) -> Result<(), String> {
 impl Network {
     /// A bridge and `members` namespaces on it; Err says why not.
     pub fn create(members: u64) -> Result<Network, String> {
+        // Unique per process and per network within it (`cargo test` runs
+        // tests as threads of one process).
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
-        let tag = format!("{pid}");
-        let subnet = format!("10.{}.{}", 200 + pid % 50, (pid / 50) % 250);
+        let nth = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
+        let tag = format!("{pid}{nth}");
+        let unique = pid.wrapping_mul(8).wrapping_add(nth);
+        let subnet = format!("10.{}.{}", 200 + unique % 50, (unique / 50) % 250);
         let network = Network {
             bridge: format!("bb{tag}"),
             tag,

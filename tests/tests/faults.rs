@@ -4,8 +4,10 @@
 //! nemesis kills members with SIGKILL and restarts them, pauses them with
 //! SIGSTOP/SIGCONT, and cuts one off from the others (each member runs in a
 //! network namespace of its own and the cut is an iptables rule there; the
-//! transport's fault injection where namespaces are not available), or
-//! restarts all of them at once. Afterwards every register's
+//! transport's fault injection where namespaces are not available),
+//! restarts all of them at once, or replaces one: removed from the
+//! membership, its machine wiped, a new empty member with a new id added
+//! back at its address (joint consensus). Afterwards every register's
 //! history must be linearizable — which also means no acknowledged write was
 //! lost: the final reads come after everything else — and a watcher that
 //! followed the registers throughout (resuming on another member whenever
@@ -25,26 +27,12 @@ use berth_proto::connect::BerthClient;
 use berth_proto::pb;
 use berth_tests::Cluster;
 use berth_tests::linearizability::{Input, Operation, Output, Verdict, check};
+use berth_tests::nemesis::{Rng, seconds_from_env, seed_from_env};
 use tonic::Code;
 
 const KEYS: usize = 3;
 const CLIENTS: usize = 6;
 const LABEL: &str = "value";
-
-/// xorshift64*: small, seedable, good enough to pick faults and keys.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn key(i: usize) -> String {
     format!("register-{i}")
@@ -229,37 +217,127 @@ async fn watch_registers(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
-    let seed = std::env::var("BERTH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    let seconds: u64 = std::env::var("BERTH_FAULT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    eprintln!("fault run: seed {seed}, {seconds}s (BERTH_SEED={seed} replays the choices)");
-    let mut rng = Rng(seed);
+async fn three_members_stay_linearizable_under_crashes_pauses_partitions_and_replacements() {
+    fault_run(3, 12).await;
+}
 
-    // Real partitions where this machine allows them (root, iproute2,
-    // iptables); the transport's fault injection otherwise.
-    let mut cluster = match Cluster::start_networked(3, &[]) {
-        Ok(cluster) => {
-            eprintln!("members in network namespaces of their own; partitions are iptables rules");
-            cluster
-        }
-        Err(why) => {
-            eprintln!(
-                "no network namespaces ({why}): partitions through the transport's fault injection"
-            );
-            Cluster::start(3, &[])
-        }
+/// Five members: partitions can split them into a majority and a minority,
+/// or bridge two halves that only reach each other through one member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_stay_linearizable_under_splits_bridges_and_isolated_leaders() {
+    fault_run(5, 12).await;
+}
+
+/// The slots `1..=n` in a random order.
+fn shuffled(rng: &mut Rng, n: u64) -> Vec<u64> {
+    let mut slots: Vec<u64> = (1..=n).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    slots
+}
+
+/// Every link between a slot of `left` and one of `right`.
+fn links_between(left: &[u64], right: &[u64]) -> Vec<(u64, u64)> {
+    left.iter()
+        .flat_map(|a| right.iter().map(move |b| (*a, *b)))
+        .collect()
+}
+
+/// A partition the nemesis picks: its kind, its description and the links
+/// it cuts.
+async fn pick_partition(
+    rng: &mut Rng,
+    cluster: &Cluster,
+    n: u64,
+) -> (&'static str, String, Vec<(u64, u64)>) {
+    let slots = shuffled(rng, n);
+    let name = |group: &[u64]| -> String {
+        let ids: Vec<String> = group
+            .iter()
+            .map(|s| cluster.member_id(*s).to_string())
+            .collect();
+        format!("{{{}}}", ids.join(","))
     };
+    let kinds = if n >= 5 { 4 } else { 3 };
+    match rng.below(kinds) {
+        0 => {
+            let (one, rest) = slots.split_at(1);
+            (
+                "one member cut off",
+                format!("member {} cut off", name(one)),
+                links_between(one, rest),
+            )
+        }
+        1 => {
+            // The leader alone: it must step down (check quorum), and a
+            // new leader is elected on the other side.
+            let mut leader = slots[0];
+            for slot in 1..=n {
+                if cluster
+                    .status(slot)
+                    .await
+                    .is_some_and(|s| s.role == "leader")
+                {
+                    leader = slot;
+                }
+            }
+            let rest: Vec<u64> = (1..=n).filter(|s| *s != leader).collect();
+            (
+                "leader cut off",
+                format!("the leader {} cut off", name(&[leader])),
+                links_between(&[leader], &rest),
+            )
+        }
+        2 => {
+            let (minority, majority) = slots.split_at(((n - 1) / 2) as usize);
+            (
+                "majority/minority split",
+                format!("split into {} and {}", name(minority), name(majority)),
+                links_between(minority, majority),
+            )
+        }
+        _ => {
+            // A bridge: two halves that see one member in the middle but
+            // not each other.
+            let (bridge, rest) = slots.split_at(1);
+            let (left, right) = rest.split_at(rest.len() / 2);
+            (
+                "bridge",
+                format!(
+                    "{} and {} see each other only through {}",
+                    name(left),
+                    name(right),
+                    name(bridge)
+                ),
+                links_between(left, right),
+            )
+        }
+    }
+}
+
+/// Seeded runs against `n` members: `BERTH_FAULT_RUNS` of them (default
+/// 1; more for a soak), each `default_seconds` long unless
+/// `BERTH_FAULT_SECONDS` says otherwise.
+async fn fault_run(n: u64, default_seconds: u64) {
+    let first_seed = seed_from_env();
+    let seconds = seconds_from_env(default_seconds);
+    let runs: u64 = std::env::var("BERTH_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    for run in 0..runs {
+        one_run(n, seconds, first_seed.wrapping_add(run)).await;
+    }
+}
+
+async fn one_run(n: u64, seconds: u64, seed: u64) {
+    eprintln!(
+        "fault run: {n} members, seed {seed}, {seconds}s (BERTH_SEED={seed} replays the choices)"
+    );
+    let mut rng = Rng::new(seed);
+
+    let mut cluster = Cluster::start_for_faults(n, &[]);
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let servers = cluster.addresses();
     let clock = Arc::new(Clock(Instant::now()));
@@ -297,7 +375,7 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
             next_value.clone(),
             stop.clone(),
         );
-        let mut rng = Rng(seed.wrapping_add(process.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let mut rng = Rng::derived(seed, process);
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let k = rng.below(KEYS as u64) as usize;
@@ -324,23 +402,29 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
         }));
     }
 
-    // The nemesis.
+    // The nemesis. Faults act on slots 1..=n: the place of a member, whose
+    // id changes when it is replaced.
+    let mut next_member_id = n + 1;
     let mut faults = Vec::new();
+    let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
-        let id = 1 + rng.below(3);
+        let id = 1 + rng.below(n);
+        let member = cluster.member_id(id);
         let hold = Duration::from_millis(500 + rng.below(1500));
-        match rng.below(4) {
+        match rng.below(5) {
             0 => {
-                faults.push(format!("{:?} kill -9 member {id}", clock.0.elapsed()));
+                *kinds.entry("kill -9 one").or_default() += 1;
+                faults.push(format!("{:?} kill -9 member {member}", clock.0.elapsed()));
                 cluster.member(id).kill9();
                 tokio::time::sleep(hold).await;
                 cluster.member(id).restart();
             }
             1 => {
+                *kinds.entry("SIGSTOP").or_default() += 1;
                 faults.push(format!(
-                    "{:?} SIGSTOP member {id} for {hold:?}",
+                    "{:?} SIGSTOP member {member} for {hold:?}",
                     clock.0.elapsed()
                 ));
                 let pid = cluster.member(id).pid().expect("running");
@@ -354,22 +438,30 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
                 tokio::time::sleep(hold).await;
                 let _ = signal("CONT");
             }
+            4 => {
+                *kinds.entry("member replaced").or_default() += 1;
+                faults.push(format!(
+                    "{:?} member {member} replaced by member {next_member_id}",
+                    clock.0.elapsed()
+                ));
+                replace_member(&mut cluster, id, next_member_id).await;
+                next_member_id += 1;
+            }
             2 => {
+                *kinds.entry("kill -9 all").or_default() += 1;
                 faults.push(format!("{:?} kill -9 every member", clock.0.elapsed()));
-                for member in 1..=3 {
+                for member in 1..=n {
                     cluster.member(member).kill9();
                 }
-                for member in 1..=3 {
+                for member in 1..=n {
                     cluster.member(member).restart();
                 }
             }
             _ => {
-                let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
-                faults.push(format!(
-                    "{:?} member {id} cut off for {hold:?}",
-                    clock.0.elapsed()
-                ));
-                cluster.partition(id, &others).await;
+                let (kind, what, links) = pick_partition(&mut rng, &cluster, n).await;
+                *kinds.entry(kind).or_default() += 1;
+                faults.push(format!("{:?} {what} for {hold:?}", clock.0.elapsed()));
+                cluster.cut_links(&links).await;
                 tokio::time::sleep(hold).await;
                 cluster.heal().await;
             }
@@ -422,6 +514,7 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
         faults.len(),
         faults.join("\n  ")
     );
+    eprintln!("faults by kind: {kinds:?}");
     for (k, ops) in &by_key {
         match check(ops, None, 20_000_000) {
             Verdict::Linearizable => {}
@@ -449,6 +542,64 @@ async fn registers_stay_linearizable_under_crashes_pauses_and_partitions() {
             }
             Verdict::Unknown { budget } => {
                 panic!("register {k}: no verdict within {budget} steps (seed {seed})")
+            }
+        }
+    }
+    eprintln!(
+        "run with seed {seed}: {total} operations, {} faults, linearizable",
+        faults.len()
+    );
+}
+
+/// A membership change as an operator makes it when a machine dies: the
+/// member in `slot` is removed, its machine replaced by an empty one, and a
+/// new member `new_id` at the same address is added back (a learner until
+/// it has caught up, then a voter). Retries until each step is done: the
+/// leader may be the member removed, or change in between.
+async fn replace_member(cluster: &mut Cluster, slot: u64, new_id: u64) {
+    let old = cluster.member_id(slot);
+    let address = cluster.members[(slot - 1) as usize].addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = cluster.client();
+    loop {
+        let request = pb::RemoveMemberRequest { id: old };
+        let answer = client
+            .call_cluster(|mut c| async move { c.remove_member(request).await })
+            .await;
+        match answer {
+            Ok(_) => break,
+            Err(status) if status.message().contains("is not a member") => break,
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {old} not removed: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    cluster.respawn_as_joiner(slot, new_id);
+    loop {
+        let request = pb::AddMemberRequest {
+            id: new_id,
+            address: address.clone(),
+            replace_id: 0,
+        };
+        let answer = client
+            .call_cluster(|mut c| {
+                let request = request.clone();
+                async move { c.add_member(request).await }
+            })
+            .await;
+        match answer {
+            Ok(_) => break,
+            Err(status) if status.message().contains("already a voter") => break,
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {new_id} not added: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }

@@ -64,6 +64,9 @@ pub struct Settings {
     pub history_retention: u64,
     /// Whether the Partition RPC (test fault injection) is served.
     pub fault_injection: bool,
+    /// The data dir, whose free space is watched.
+    pub data_dir: std::path::PathBuf,
+    pub disk_reserve: crate::disk::Reserve,
 }
 
 /// What the raft loop is asked to do.
@@ -147,6 +150,13 @@ pub struct Replica {
     fault_injection: bool,
 }
 
+/// The raft loop's thread, and word from it that the member must restart
+/// from its store (after a full disk, once space is back).
+pub struct Running {
+    pub thread: std::thread::JoinHandle<()>,
+    pub restart_wanted: oneshot::Receiver<()>,
+}
+
 /// Starts the raft loop on its own thread.
 pub fn start(
     settings: Settings,
@@ -154,7 +164,7 @@ pub fn start(
     log: LoadedLog,
     machine: StateMachine,
     hub: Arc<WatchHub>,
-) -> anyhow::Result<(Replica, std::thread::JoinHandle<()>)> {
+) -> anyhow::Result<(Replica, Running)> {
     let shelf = Arc::new(SnapshotShelf::default());
     let blocked: Arc<RwLock<HashSet<u64>>> = Arc::default();
     let address_book: Arc<RwLock<HashMap<u64, String>>> = Arc::default();
@@ -171,6 +181,7 @@ pub fn start(
         tokio::runtime::Handle::current(),
     );
     let log = LogStore::new(storage.clone(), log, hub.clone(), shelf.clone());
+    let (restart, restart_wanted) = oneshot::channel();
     let node = node::Node::new(
         &settings,
         log,
@@ -182,6 +193,7 @@ pub fn start(
         receiver,
         inputs.clone(),
         leader.clone(),
+        restart,
     )?;
     let thread = std::thread::Builder::new()
         .name("berth-raft".into())
@@ -197,7 +209,13 @@ pub fn start(
         leader,
         fault_injection: settings.fault_injection,
     };
-    Ok((replica, thread))
+    Ok((
+        replica,
+        Running {
+            thread,
+            restart_wanted,
+        },
+    ))
 }
 
 /// Writes the first state of a brand-new cluster (see [`LogStore::bootstrap`]).

@@ -39,6 +39,7 @@ use super::log_store::LogStore;
 use super::snapshots::SnapshotShelf;
 use super::transport::Transport;
 use super::{Input, MemberChange, NodeStatus, Settings};
+use crate::disk::DiskSpace;
 use crate::error::ApiError;
 use crate::state::Membership;
 use crate::state_machine::{Applied, DEFAULT_NAMESPACE, StateMachine};
@@ -60,6 +61,23 @@ fn parse_proposal_context(context: &[u8]) -> (u64, u64) {
             u64::from_be_bytes(request.try_into().unwrap_or_default()),
         ),
         _ => (0, 0),
+    }
+}
+
+/// Whether a command only deletes: deletes are taken on a disk short of
+/// space, since they are how an operator makes room.
+fn only_deletes(command: &Command) -> bool {
+    use berth_proto::internal::single_op::Op as SingleOp;
+    match &command.op {
+        Some(Op::Delete(_)) => true,
+        Some(Op::Batch(batch)) => {
+            !batch.ops.is_empty()
+                && batch
+                    .ops
+                    .iter()
+                    .all(|op| matches!(op.op, Some(SingleOp::Delete(_))))
+        }
+        _ => false,
     }
 }
 
@@ -154,6 +172,11 @@ pub(crate) struct Node {
     next_read: u64,
     /// Set when storage failed: the member refuses everything until restarted.
     failed: Option<String>,
+    /// Free space on the data dir: new writes wait for room.
+    disk: DiskSpace,
+    /// Told when the disk filled up and has room again: the server restarts
+    /// this member from its store (the state in memory may be ahead of it).
+    restart: Option<oneshot::Sender<()>>,
     /// The term in which this member last proposed the default namespace.
     bootstrapped_in_term: u64,
     /// The applied index the stored state machine is current at.
@@ -181,6 +204,7 @@ impl Node {
         inputs: Receiver<Input>,
         inputs_sender: std::sync::mpsc::Sender<Input>,
         leader: Arc<std::sync::RwLock<(u64, Option<String>)>>,
+        restart: oneshot::Sender<()>,
     ) -> anyhow::Result<Node> {
         let config = raft::Config {
             id: settings.member_id,
@@ -203,6 +227,7 @@ impl Node {
         let machine_applied = machine.applied();
         let checkpointer = Checkpointer::start(storage.clone(), inputs_sender)?;
         let history_stored = storage.last_history_revision()?;
+        let disk = DiskSpace::new(&settings.data_dir, settings.disk_reserve)?;
         Ok(Node {
             id: settings.member_id,
             raw,
@@ -221,6 +246,8 @@ impl Node {
             deferred: Vec::new(),
             next_read: 1,
             failed: None,
+            disk,
+            restart: Some(restart),
             bootstrapped_in_term: 0,
             checkpointed: machine_applied,
             checkpoint_due: false,
@@ -262,7 +289,17 @@ impl Node {
                 next_tick = now + tick;
                 self.expire(now);
             }
-            if self.failed.is_some() {
+            if let Some(reason) = &self.failed {
+                if ApiError::storage(reason.clone()).is_disk_full() && self.disk.has_room() {
+                    tracing::warn!(
+                        member = self.id,
+                        "the disk has room again: restarting this member from its store"
+                    );
+                    if let Some(restart) = self.restart.take() {
+                        let _ = restart.send(());
+                    }
+                    break;
+                }
                 continue;
             }
             self.issue_reads();
@@ -290,14 +327,23 @@ impl Node {
     }
 
     /// Storage failed: memory and disk may disagree from here on, so this
-    /// member stops participating and refuses every request.
+    /// member stops participating and refuses every request — until it is
+    /// restarted, or, after a full disk, until space returns.
     fn fail(&mut self, error: StorageError) {
         let reason = error.to_string();
-        tracing::error!(member = self.id, %reason, "storage failed; this member stops serving until restarted");
+        tracing::error!(member = self.id, %reason, "storage failed; this member stops serving");
         for (_, pending) in self.pending.drain() {
-            pending.reply.fail(ApiError::storage(reason.clone()));
+            // Its entry may have reached other members, which can commit it
+            // without this one: the outcome is unknown, not refused.
+            pending.reply.fail(ApiError::Unavailable(format!(
+                "this member's storage failed while the write was in flight, so it may or may not \
+                 have been committed: {reason}"
+            )));
         }
         self.by_index.clear();
+        if ApiError::storage(reason.clone()).is_disk_full() {
+            self.disk.filled_up();
+        }
         self.failed = Some(reason);
     }
 
@@ -393,6 +439,12 @@ impl Node {
     ) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if !only_deletes(&command)
+            && let Err(e) = self.disk.check_write()
+        {
+            let _ = reply.send(Err(e));
             return;
         }
         match self.machine.check(&command) {
@@ -723,7 +775,17 @@ impl Node {
                 EntryType::EntryNormal if entry.data.is_empty() => self.machine.skip(index),
                 EntryType::EntryNormal => {
                     let (proposer, request_id) = parse_proposal_context(&entry.context);
-                    let mut mine = if proposer == self.id {
+                    // Ours only if it sits where we appended it: request ids
+                    // restart at 1 with the process, so an entry of an
+                    // earlier incarnation still being replayed can carry the
+                    // id of a new proposal (found by the full-disk test: the
+                    // new command was applied in the old entry's place).
+                    let mine = proposer == self.id
+                        && self
+                            .pending
+                            .get(&request_id)
+                            .is_some_and(|p| p.index == index);
+                    let mut mine = if mine {
                         self.pending.remove(&request_id)
                     } else {
                         None
@@ -782,6 +844,10 @@ impl Node {
                         MemberChangeRecord::decode(entry.context.as_ref()).unwrap_or_default();
                     self.apply_conf_change(index, &cc, &context.add)?;
                     if context.proposer == self.id
+                        && self
+                            .pending
+                            .get(&context.request_id)
+                            .is_some_and(|p| p.index == index)
                         && let Some(pending) = self.pending.remove(&context.request_id)
                     {
                         self.by_index.remove(&pending.index);

@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod logs;
+pub mod node;
 pub mod scale;
 pub mod top;
 pub mod up;
