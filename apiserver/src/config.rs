@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_JOIN")]
     pub join: bool,
 
+    /// Start a new cluster from a snapshot file (`berthctl snapshot save`):
+    /// every object comes back with its revision. Only on an empty data dir;
+    /// every initial member is given the same file.
+    #[arg(long, env = "BERTH_RESTORE")]
+    pub restore: Option<PathBuf>,
+
     /// Compact the raft log once it holds more entries than this (followers
     /// further behind catch up from a snapshot).
     #[arg(long, env = "BERTH_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
@@ -147,6 +153,7 @@ impl Config {
             member_id: 1,
             initial_cluster: None,
             join: false,
+            restore: None,
             snapshot_threshold: 10_000,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),

@@ -37,8 +37,10 @@ impl ApiServer {
     pub async fn start(mut config: Config) -> anyhow::Result<ApiServer> {
         let member = Member::start(&config).await?;
         let local_addr = member.local_addr;
-        // A restart binds the same port, not another free one.
+        // A restart binds the same port, not another free one, and does
+        // not restore again.
         config.listen = local_addr;
+        config.restore = None;
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(member, config, stopped));
         Ok(ApiServer {
@@ -150,6 +152,18 @@ impl Member {
         }
 
         let fresh = !Storage::exists(&config.data_dir);
+        // The whole file is read and checked before the store is created: a
+        // bad snapshot leaves the data dir as empty as it was.
+        let restore = match &config.restore {
+            Some(_) if !fresh => bail!(
+                "--restore: the data dir {} already holds a store; a restore needs an empty one \
+                 (start without --restore to serve what it holds)",
+                config.data_dir.display()
+            ),
+            Some(_) if config.join => bail!("--restore and --join exclude each other"),
+            Some(path) => Some(berth_proto::backup::read(path)?),
+            None => None,
+        };
         let storage = Storage::open(&config.data_dir)?;
         if fresh && !config.join {
             let members = config
@@ -159,12 +173,27 @@ impl Member {
             if !members.contains_key(&config.member_id) {
                 bail!("member {} is not in --initial-cluster", config.member_id);
             }
-            replication::bootstrap(&storage, &members)?;
-            tracing::info!(
-                member = config.member_id,
-                ?members,
-                "new cluster bootstrapped"
-            );
+            match restore {
+                Some(backup) => {
+                    let (revision, objects) = (backup.header.revision, backup.objects.len());
+                    replication::bootstrap_restored(&storage, &members, backup)?;
+                    tracing::info!(
+                        member = config.member_id,
+                        ?members,
+                        revision,
+                        objects,
+                        "new cluster restored from a snapshot"
+                    );
+                }
+                None => {
+                    replication::bootstrap(&storage, &members)?;
+                    tracing::info!(
+                        member = config.member_id,
+                        ?members,
+                        "new cluster bootstrapped"
+                    );
+                }
+            }
         } else if !fresh && config.initial_cluster.is_some() {
             tracing::info!("the data dir holds state; --initial-cluster is ignored");
         }

@@ -489,8 +489,75 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
+/// Objects per chunk of a snapshot stream.
+const SNAPSHOT_BATCH: usize = 500;
+
 #[tonic::async_trait]
 impl Cluster for ApiService {
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+    /// Streams every object at one revision. The leader serves it (others
+    /// answer with its address, which clients follow), after a read barrier:
+    /// the copy holds every write acknowledged before the call. It is an
+    /// immutable view, so writes go on while it streams.
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        if !self.replica.is_leader() {
+            let (leader_id, leader_address) = self.replica.leader();
+            return Err(ApiError::NotLeader {
+                leader_id,
+                leader_address,
+            }
+            .into());
+        }
+        self.before_read(false).await?;
+        let snapshot = self.hub.snapshot();
+        let header = pb::SnapshotHeader {
+            revision: snapshot.revision,
+            applied_index: snapshot.applied,
+            taken_at_ms: berth_proto::process::now_ms(),
+            member_id: self.replica.member_id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        tracing::info!(
+            revision = snapshot.revision,
+            objects = snapshot.objects.len(),
+            "streaming a snapshot"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use berth_proto::pb::snapshot_chunk::Part;
+            let chunk = |part| Ok(pb::SnapshotChunk { part: Some(part) });
+            if tx.send(chunk(Part::Header(header))).await.is_err() {
+                return;
+            }
+            let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
+            for object in snapshot.objects.values() {
+                batch.push((**object).clone());
+                if batch.len() == SNAPSHOT_BATCH {
+                    let objects = std::mem::take(&mut batch);
+                    let part = Part::Objects(pb::SnapshotObjects { objects });
+                    if tx.send(chunk(part)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let part = Part::Objects(pb::SnapshotObjects { objects: batch });
+                if tx.send(chunk(part)).await.is_err() {
+                    return;
+                }
+            }
+            let trailer = pb::SnapshotTrailer {
+                objects: snapshot.objects.len() as u64,
+            };
+            let _ = tx.send(chunk(Part::Trailer(trailer))).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn status(
         &self,
         _: Request<pb::ClusterStatusRequest>,

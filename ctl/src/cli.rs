@@ -62,6 +62,9 @@ pub enum Command {
     /// Inspect and change the apiserver's members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Back the cluster's state up to a file (restore: `berth-apiserver --restore FILE`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completion {
         #[arg(value_enum)]
@@ -195,6 +198,13 @@ pub enum ClusterCommand {
     },
     /// Remove a member (a leader hands over leadership first).
     RemoveMember { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write every object, at one revision, to FILE (checksummed), taken from
+    /// the leader while it goes on serving.
+    Save { file: PathBuf },
 }
 
 #[derive(Debug, Args)]

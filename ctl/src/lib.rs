@@ -162,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Cordon(args) => commands::node::cordon(&context, args).await,
                 Command::Uncordon(args) => commands::node::uncordon(&context, args).await,
                 Command::Drain(args) => commands::node::drain(&context, args).await,
+                Command::Snapshot(command) => commands::snapshot::run(&context, command).await,
                 Command::Up(_) | Command::Completion { .. } => Ok(()),
             }
         }

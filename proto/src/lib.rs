@@ -9,9 +9,11 @@
 //! - [`validate`] and [`defaults`]: the rules an object must satisfy, shared by
 //!   the server (which cannot trust clients) and clients (for early errors).
 //! - [`object`]: kind-independent access to objects (names, keys, metadata).
+//! - [`backup`]: the snapshot file of `berthctl snapshot save` / `--restore`.
 //! - [`connect`]: the single place where gRPC clients and servers are built.
 //! - [`process`]: logging, clock and shutdown signal, as every binary does them.
 
+pub mod backup;
 pub mod capacity;
 pub mod connect;
 pub mod defaults;

@@ -100,6 +100,55 @@ impl LogStore {
         storage.flush()
     }
 
+    /// Writes the initial state of a cluster restored from a snapshot file:
+    /// like [`LogStore::bootstrap`], but at the snapshot's index, with its
+    /// objects — every initial member given the same file starts from the
+    /// same state, and new writes get revisions after the restored ones.
+    pub fn bootstrap_restored(
+        storage: &Storage,
+        members: &BTreeMap<u64, String>,
+        backup: berth_proto::backup::Backup,
+    ) -> Result<(), StorageError> {
+        let index = backup
+            .header
+            .applied_index
+            .max(backup.header.revision)
+            .max(1);
+        let conf_state = ConfState {
+            voters: members.keys().copied().collect(),
+            ..Default::default()
+        };
+        let hard_state = HardState {
+            term: 1,
+            commit: index,
+            ..Default::default()
+        };
+        let mut batch = WriteBatch::new();
+        batch.put_log_start(index, 1);
+        batch.put_hard_state(&hard_state)?;
+        batch.put_conf_state(&conf_state)?;
+        let membership = crate::state::Membership {
+            conf_state: conf_state.clone(),
+            addresses: members.clone(),
+        };
+        let empty = crate::storage::Loaded {
+            revision: 0,
+            applied: 0,
+            compacted: 0,
+            members: Default::default(),
+            objects: Vec::new(),
+        };
+        crate::state_machine::StateMachine::new(empty, conf_state).install(
+            index,
+            backup.header.revision,
+            backup.objects,
+            membership,
+            &mut batch,
+        );
+        storage.write_atomic(batch)?;
+        storage.flush()
+    }
+
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }

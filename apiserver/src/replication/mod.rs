@@ -223,6 +223,16 @@ pub fn bootstrap(storage: &Storage, members: &BTreeMap<u64, String>) -> anyhow::
     Ok(LogStore::bootstrap(storage, members)?)
 }
 
+/// Writes the first state of a cluster restored from a snapshot file (see
+/// [`LogStore::bootstrap_restored`]).
+pub fn bootstrap_restored(
+    storage: &Storage,
+    members: &BTreeMap<u64, String>,
+    backup: berth_proto::backup::Backup,
+) -> anyhow::Result<()> {
+    Ok(LogStore::bootstrap_restored(storage, members, backup)?)
+}
+
 impl Replica {
     pub fn member_id(&self) -> u64 {
         self.member_id

@@ -8,5 +8,6 @@ pub mod get;
 pub mod logs;
 pub mod node;
 pub mod scale;
+pub mod snapshot;
 pub mod top;
 pub mod up;
