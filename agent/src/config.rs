@@ -121,6 +121,11 @@ pub struct Config {
     /// How often nodes send heartbeats.
     #[arg(long, env = "BERTH_HEARTBEAT", default_value = "2s", value_parser = duration)]
     pub heartbeat: Duration,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (e.g. 127.0.0.1:9102)
+    /// [default: no metrics server].
+    #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

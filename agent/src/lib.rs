@@ -7,17 +7,22 @@
 
 pub mod config;
 pub mod docker;
+pub mod metrics;
 pub mod node;
 pub mod sim;
 
 pub use config::{Config, Runtime};
+pub use metrics::Metrics;
 
 use tokio::sync::watch;
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut registry = berth_proto::metrics::Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    berth_proto::metrics::serve_configured(config.metrics_listen, registry).await?;
     match config.runtime {
-        Runtime::Docker => docker::run(config.docker()?, shutdown).await,
-        Runtime::Sim => sim::run(config.sim()?, shutdown).await,
+        Runtime::Docker => docker::run(config.docker()?, metrics, shutdown).await,
+        Runtime::Sim => sim::run(config.sim()?, metrics, shutdown).await,
     }
 }

@@ -10,6 +10,8 @@ use berth_proto::pb::batch_result::Result as Answer;
 use berth_proto::process::now_ms;
 use tonic::Code;
 
+use crate::metrics::Metrics;
+
 /// Label an agent puts on its node when it drains it (and cordons it); the
 /// next registration lifts that cordon. An operator's own cordon has no such
 /// label and stays.
@@ -169,8 +171,13 @@ async fn try_register(
 }
 
 /// Sends one heartbeat RPC (of one node or many); a failure is logged, and
-/// the next beat tries again.
-pub async fn send_heartbeats(client: &BerthClient, nodes: Vec<pb::NodeHeartbeat>) {
+/// the next beat tries again. Counted in `metrics`, one per node.
+pub async fn send_heartbeats(
+    client: &BerthClient,
+    nodes: Vec<pb::NodeHeartbeat>,
+    metrics: &Metrics,
+) {
+    let count = nodes.len();
     let request = pb::HeartbeatRequest { nodes };
     let sent = client
         .call_nodes(|mut c| {
@@ -178,6 +185,7 @@ pub async fn send_heartbeats(client: &BerthClient, nodes: Vec<pb::NodeHeartbeat>
             async move { c.heartbeat(request).await }
         })
         .await;
+    metrics.heartbeats_sent(count, sent.is_ok());
     if let Err(status) = sent {
         tracing::warn!(error = %status.message(), "heartbeat failed");
     }

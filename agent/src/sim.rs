@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::node::{NodeInfo, register, send_heartbeats};
 
 /// One simulated node.
@@ -66,8 +67,13 @@ fn lock(bound: &Bound) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Arc<pb::O
     bound.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the simulated nodes until `shutdown` turns true.
-pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the simulated nodes until `shutdown` turns true, keeping `metrics`
+/// up to date (running tasks count as running containers).
+pub async fn run(
+    config: SimConfig,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let client = Arc::new(BerthClient::from_list(&config.server)?);
     let infos: Vec<NodeInfo> = config
         .nodes
@@ -87,6 +93,7 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::
         client.clone(),
         config.clone(),
         bound.clone(),
+        metrics,
         shutdown.clone(),
     ));
     let mut runner = Runner {
@@ -112,10 +119,12 @@ fn usage_of(task: &pb::Task, share: f64) -> pb::Usage {
 }
 
 /// Heartbeats every node, with its running tasks' usage, until shutdown.
+/// The running count goes to `metrics` from the same walk over the tasks.
 async fn heartbeat(
     client: Arc<BerthClient>,
     config: SimConfig,
     bound: Bound,
+    metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(config.heartbeat);
@@ -137,6 +146,7 @@ async fn heartbeat(
                 (n.name.as_str(), beat)
             })
             .collect();
+        let mut running = 0;
         for (key, object) in lock(&bound).iter() {
             let Some(task) = object.as_task() else {
                 continue;
@@ -148,6 +158,7 @@ async fn heartbeat(
             let Some(beat) = beats.get_mut(status.node.as_str()) else {
                 continue;
             };
+            running += 1;
             let usage = usage_of(task, config.usage);
             if let Some(total) = beat.usage.as_mut() {
                 total.cpu_millis += usage.cpu_millis;
@@ -159,9 +170,10 @@ async fn heartbeat(
                 usage: Some(usage),
             });
         }
+        metrics.set_running(running);
         let nodes: Vec<pb::NodeHeartbeat> = beats.into_values().collect();
         for chunk in nodes.chunks(5000) {
-            send_heartbeats(&client, chunk.to_vec()).await;
+            send_heartbeats(&client, chunk.to_vec(), &metrics).await;
         }
     }
 }

@@ -104,6 +104,10 @@ pub struct Config {
     #[arg(long, env = "BERTH_DISK_RESERVE", default_value = "auto")]
     pub disk_reserve: crate::disk::Reserve,
 
+    /// Serve Prometheus metrics over HTTP on this address (unset: none).
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Serve the Raft.Partition RPC that drops traffic to chosen members
     /// (tests only).
     #[arg(long, env = "BERTH_FAULT_INJECTION")]
@@ -164,6 +168,7 @@ impl Config {
             history_cache: 10_000,
             bookmark_interval: Duration::from_secs(10),
             disk_reserve: crate::disk::Reserve::Auto,
+            metrics_listen: None,
             fault_injection: false,
         }
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod disk;
 pub mod error;
 pub mod liveness;
+pub mod metrics;
 pub mod replication;
 pub mod server;
 pub mod service;

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::liveness::{self, Liveness, Timeouts};
+use crate::metrics::Metrics;
 use crate::replication::{self, Replica, Settings, transport::RaftService};
 use crate::service::ApiService;
 use crate::state_machine::StateMachine;
@@ -35,14 +36,17 @@ impl ApiServer {
     /// Opens the store in `config.data_dir` (bootstrapping a new member on an
     /// empty one), binds `config.listen` and serves.
     pub async fn start(mut config: Config) -> anyhow::Result<ApiServer> {
-        let member = Member::start(&config).await?;
+        let mut registry = berth_proto::metrics::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let member = Member::start(&config, &metrics).await?;
+        berth_proto::metrics::serve_configured(config.metrics_listen, registry).await?;
         let local_addr = member.local_addr;
         // A restart binds the same port, not another free one, and does
         // not restore again.
         config.listen = local_addr;
         config.restore = None;
         let (stop, stopped) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(member, config, stopped));
+        let supervisor = tokio::spawn(supervise(member, config, metrics, stopped));
         Ok(ApiServer {
             local_addr,
             stop,
@@ -84,6 +88,7 @@ impl ApiServer {
 async fn supervise(
     mut member: Member,
     config: Config,
+    metrics: Metrics,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
@@ -100,7 +105,7 @@ async fn supervise(
         member.shutdown().await?;
         let deadline = std::time::Instant::now() + REOPEN_FOR;
         member = loop {
-            match Member::start(&config).await {
+            match Member::start(&config, &metrics).await {
                 Ok(member) => break member,
                 // The old store's last handles may take a moment to close.
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -125,7 +130,7 @@ struct Member {
 }
 
 impl Member {
-    async fn start(config: &Config) -> anyhow::Result<Member> {
+    async fn start(config: &Config, metrics: &Metrics) -> anyhow::Result<Member> {
         if !config.data_dir.is_dir() {
             bail!(
                 "the data dir {} does not exist: create it to start a new member; if this member had \
@@ -231,6 +236,7 @@ impl Member {
             fault_injection: config.fault_injection,
             data_dir: config.data_dir.clone(),
             disk_reserve: config.disk_reserve,
+            metrics: metrics.raft.clone(),
         };
         let (replica, running) = replication::start(settings, storage, log, machine, hub.clone())?;
 
@@ -253,10 +259,12 @@ impl Member {
             shutdown: shutdown_rx.clone(),
             bookmark_every: config.bookmark_interval,
             proposal_timeout: config.proposal_timeout,
+            watchers: metrics.watchers.clone(),
         };
         let mut stop = shutdown_rx.clone();
         let serving = tokio::spawn(
             connect::server()
+                .layer(metrics.grpc.clone())
                 .add_service(connect::objects_service(service.clone()))
                 .add_service(connect::cluster_service(service.clone()))
                 .add_service(connect::nodes_service(service))

@@ -46,6 +46,8 @@ pub struct ApiService {
     pub shutdown: watch::Receiver<bool>,
     pub bookmark_every: Duration,
     pub proposal_timeout: Duration,
+    /// Open watch streams (`berth_api_watchers`).
+    pub watchers: berth_proto::metrics::Gauge,
 }
 
 /// A response that names the leader when the write was forwarded to it.
@@ -423,14 +425,13 @@ impl Objects for ApiService {
         };
         // Refuse a compacted start now, as a status rather than a stream error.
         self.hub.records_after(from)?;
-        tokio::spawn(run_watcher(
-            self.hub.clone(),
-            filter,
-            from,
-            tx,
-            self.shutdown.clone(),
-            self.bookmark_every,
-        ));
+        let (hub, shutdown, every) = (self.hub.clone(), self.shutdown.clone(), self.bookmark_every);
+        let watchers = self.watchers.clone();
+        watchers.inc();
+        tokio::spawn(async move {
+            run_watcher(hub, filter, from, tx, shutdown, every).await;
+            watchers.dec();
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -11,12 +11,15 @@
 //! - [`object`]: kind-independent access to objects (names, keys, metadata).
 //! - [`backup`]: the snapshot file of `berthctl snapshot save` / `--restore`.
 //! - [`connect`]: the single place where gRPC clients and servers are built.
+//! - [`metrics`]: Prometheus series and the HTTP server every component
+//!   serves them from.
 //! - [`process`]: logging, clock and shutdown signal, as every binary does them.
 
 pub mod backup;
 pub mod capacity;
 pub mod connect;
 pub mod defaults;
+pub mod metrics;
 pub mod object;
 pub mod process;
 pub mod quantity;

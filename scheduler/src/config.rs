@@ -1,6 +1,7 @@
 //! Command-line flags of `berth-scheduler`; every flag has an environment
 //! variable of the same meaning.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::placement::Policy;
@@ -59,6 +60,11 @@ pub struct Config {
     /// Most writes sent in one batch.
     #[arg(long, env = "BERTH_BATCH", default_value_t = 1000)]
     pub batch: usize,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (e.g. 127.0.0.1:9101)
+    /// [default: no metrics server].
+    #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -81,6 +87,7 @@ impl Config {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             batch: 1000,
+            metrics_listen: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod lease;
+pub mod metrics;
 pub mod placement;
 pub mod reclaim;
 pub mod reconcile;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 pub use config::Config;
+pub use metrics::Metrics;
 use placement::{Decision, Placer};
 use reconcile::Backoff;
 use reflect::Update;
@@ -57,6 +59,7 @@ struct Scheduler {
     /// Set when a usage report arrived since the last reclamation round.
     usage_changed: bool,
     seed: usize,
+    metrics: Metrics,
 }
 
 impl Scheduler {
@@ -94,7 +97,12 @@ impl Scheduler {
         if groups.is_empty() {
             return write::Report::default();
         }
-        write::send(&self.client, groups, self.config.batch, &mut self.state).await
+        let report = write::send(&self.client, groups, self.config.batch, &mut self.state).await;
+        // Once per round of batches, not per write.
+        self.metrics.binds.inc_by(report.binds);
+        self.metrics.bind_conflicts.inc_by(report.bind_conflicts);
+        self.metrics.preemptions.inc_by(report.evicted);
+        report
     }
 
     /// One round: reconcile, place, reclaim.
@@ -106,9 +114,7 @@ impl Scheduler {
         // Writes that say a task waits go once what was placed before them
         // is committed: "no room" is then true of the stored state too.
         if !waiting.is_empty() {
-            let later = self.send(waiting).await;
-            report.refused_binds.extend(later.refused_binds);
-            report.refused_creates.extend(later.refused_creates);
+            report.merge(self.send(waiting).await);
         }
         let retry_at = Instant::now() + RETRY;
         if !report.refused_binds.is_empty() || !report.refused_creates.is_empty() {
@@ -214,6 +220,7 @@ impl Scheduler {
             return Vec::new();
         }
         self.seed = self.seed.wrapping_add(7919);
+        let started = std::time::Instant::now();
         let decisions = Placer::new(
             &self.state,
             self.config.policy,
@@ -222,6 +229,9 @@ impl Scheduler {
         )
         .with_arrivals(arrived)
         .place(candidates);
+        self.metrics
+            .placement_seconds
+            .observe(started.elapsed().as_secs_f64());
         let mut evictions_before: BTreeMap<usize, Vec<Write>> = BTreeMap::new();
         let mut waiting: Vec<Vec<Write>> = Vec::new();
         let mut groups_with_waits: BTreeSet<usize> = BTreeSet::new();
@@ -315,6 +325,9 @@ fn default_identity() -> String {
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let client = Arc::new(BerthClient::from_list(&config.server)?);
     let identity = config.identity.clone().unwrap_or_else(default_identity);
+    let mut registry = berth_proto::metrics::Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    berth_proto::metrics::serve_configured(config.metrics_listen, registry).await?;
     tracing::info!(%identity, policy = ?config.policy, server = %config.server, "scheduler starting");
 
     let (updates_tx, mut updates) = mpsc::channel(4096);
@@ -346,6 +359,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         place_again_at: None,
         usage_changed: false,
         seed: std::process::id() as usize,
+        metrics,
     };
     let mut was_leading = false;
     loop {
@@ -366,6 +380,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let is_leading = *leading.borrow();
         if is_leading != was_leading {
             was_leading = is_leading;
+            scheduler.metrics.leader.set(i64::from(is_leading));
             if is_leading {
                 tracing::info!("active: this scheduler holds the lease");
                 // A new active scheduler looks at everything once.
@@ -379,7 +394,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         if is_leading && scheduler.state.is_synced() {
             scheduler.cycle().await;
         }
+        // The set's size: O(1), once per loop turn.
+        let pending = scheduler.state.pending.len();
+        scheduler.metrics.pending_tasks.set(pending as i64);
     }
+    // Stopped: it no longer acts (an in-process scheduler's handles may
+    // outlive the loop).
+    scheduler.metrics.leader.set(0);
     // Let the lease go so that a standby takes over at once.
     let _ = lease.await;
     Ok(())

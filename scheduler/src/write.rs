@@ -94,6 +94,25 @@ pub struct Report {
     /// Jobs one of whose tasks could not be created (placed on a node that
     /// turned out full, or already there): reconciled again a little later.
     pub refused_creates: Vec<JobKey>,
+    /// Binds and creates with a node set that were accepted (metrics).
+    pub binds: u64,
+    /// Binds and creates with a node set that were refused (metrics).
+    pub bind_conflicts: u64,
+    /// Evictions (Preempted status writes) that were accepted (metrics).
+    pub evicted: u64,
+}
+
+impl Report {
+    /// Adds up another round's report.
+    pub fn merge(&mut self, other: Report) {
+        self.written += other.written;
+        self.failed += other.failed;
+        self.refused_binds.extend(other.refused_binds);
+        self.refused_creates.extend(other.refused_creates);
+        self.binds += other.binds;
+        self.bind_conflicts += other.bind_conflicts;
+        self.evicted += other.evicted;
+    }
 }
 
 /// Batches in flight at once: the apiserver commits concurrent batches
@@ -103,10 +122,16 @@ const IN_FLIGHT: usize = 4;
 /// What to do with the answer to one write.
 enum Answering {
     Upsert,
+    /// A status write that evicts the task (Preempted).
+    Evict,
     /// A delete: gone as of the batch's revision.
     Remove,
     Bind(ObjectKey),
-    Create(Option<JobKey>),
+    /// A create; the job of a task, and whether it names a node (a bind).
+    Create {
+        job: Option<JobKey>,
+        placed: bool,
+    },
 }
 
 impl Answering {
@@ -114,13 +139,23 @@ impl Answering {
         match write {
             Write::Delete { .. } => Answering::Remove,
             Write::Bind { task, .. } => Answering::Bind(task.clone()),
-            Write::Create(object) => Answering::Create(
-                object
-                    .as_task()
-                    .and_then(|t| t.spec.as_ref())
-                    .map(|s| (object.namespace().to_string(), s.job.clone())),
-            ),
-            Write::Status(_) => Answering::Upsert,
+            Write::Create(object) => {
+                let task = object.as_task();
+                Answering::Create {
+                    job: task
+                        .and_then(|t| t.spec.as_ref())
+                        .map(|s| (object.namespace().to_string(), s.job.clone())),
+                    placed: task.and_then(|t| t.holding_node()).is_some(),
+                }
+            }
+            Write::Status(object) => {
+                let phase = object.as_task().and_then(|t| t.status.as_ref());
+                if phase.is_some_and(|s| s.phase() == pb::TaskPhase::Preempted) {
+                    Answering::Evict
+                } else {
+                    Answering::Upsert
+                }
+            }
         }
     }
 }
@@ -178,6 +213,14 @@ fn take_answers(
                 report.written += 1;
                 match answering {
                     Answering::Remove => state.remove_key(object.key(), revision),
+                    Answering::Bind(_) | Answering::Create { placed: true, .. } => {
+                        report.binds += 1;
+                        state.upsert(object);
+                    }
+                    Answering::Evict => {
+                        report.evicted += 1;
+                        state.upsert(object);
+                    }
                     _ => state.upsert(object),
                 }
             }
@@ -185,8 +228,18 @@ fn take_answers(
                 report.failed += 1;
                 tracing::debug!(code = error.code, error = %error.message, "write refused");
                 match answering {
-                    Answering::Bind(task) => report.refused_binds.push(task),
-                    Answering::Create(Some(job)) => report.refused_creates.push(job),
+                    Answering::Bind(task) => {
+                        report.bind_conflicts += 1;
+                        report.refused_binds.push(task);
+                    }
+                    Answering::Create { job, placed } => {
+                        if placed {
+                            report.bind_conflicts += 1;
+                        }
+                        if let Some(job) = job {
+                            report.refused_creates.push(job);
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -227,6 +227,16 @@ pub struct DockerNode {
 impl DockerNode {
     /// `None` when Docker tests skip (see [`docker_or_skip`]).
     pub async fn start(test: &str, apiserver_args: &[&str]) -> Option<DockerNode> {
+        DockerNode::start_with(test, apiserver_args, &[]).await
+    }
+
+    /// As [`DockerNode::start`], with extra flags for the agent too (e.g.
+    /// `--metrics-listen`).
+    pub async fn start_with(
+        test: &str,
+        apiserver_args: &[&str],
+        agent_args: &[&str],
+    ) -> Option<DockerNode> {
         if !docker_or_skip(test).await {
             return None;
         }
@@ -243,7 +253,7 @@ impl DockerNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = crate::ApiServer::start_with(dir.path(), apiserver_args);
         let scheduler = crate::Component::scheduler(&server.addr, &[]);
-        let agent = start_agent(&server.addr, &node, &[]);
+        let agent = start_agent(&server.addr, &node, agent_args);
         Some(DockerNode {
             server,
             scheduler,

@@ -64,7 +64,10 @@ fn container_for<'a>(containers: &'a [Inspected], task: &str) -> Option<&'a Insp
 
 #[tokio::test]
 async fn a_job_runs_in_limited_containers_that_restart_when_killed_and_go_when_deleted() {
-    let Some(cluster) = DockerNode::start("docker-lifecycle", &[]).await else {
+    let metrics = format!("127.0.0.1:{}", berth_tests::free_port());
+    let Some(cluster) =
+        DockerNode::start_with("docker-lifecycle", &[], &["--metrics-listen", &metrics]).await
+    else {
         return;
     };
     let manifest = job_yaml(
@@ -115,6 +118,19 @@ async fn a_job_runs_in_limited_containers_that_restart_when_killed_and_go_when_d
     let after = status_of(&cluster.task("web-0").await);
     assert_eq!(after.container_id, first.id, "restarted in place");
     assert!(after.message.contains("exited with code 137"), "{after:?}");
+
+    // The agent's metrics saw it: the restart counted, the containers
+    // running again (by the next supervisor pass), the start timed.
+    wait_until(DEADLINE, "the restart in the agent's metrics", || async {
+        let text = berth_proto::metrics::scrape(&metrics)
+            .await
+            .unwrap_or_default();
+        let get = |name, labels| berth_proto::metrics::value(&text, name, labels);
+        get("berth_agent_restarts_total", "").is_some_and(|n| n >= 1.0)
+            && get("berth_agent_containers", "state=\"running\"").is_some_and(|n| n >= 1.0)
+            && get("berth_agent_docker_call_seconds_count", "op=\"start\"").is_some_and(|n| n > 0.0)
+    })
+    .await;
 
     // Usage reaches `berthctl top`.
     wait_until(DEADLINE, "top tasks shows web-0", || async {

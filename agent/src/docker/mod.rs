@@ -25,6 +25,7 @@ use berth_proto::connect::BerthClient;
 use berth_proto::pb;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::node::{NodeInfo, register, send_heartbeats};
 use decide::Backoff;
 use runtime::Engine;
@@ -53,9 +54,16 @@ pub struct DockerConfig {
     pub drain_on_exit: bool,
 }
 
-/// Runs the agent of one Docker node until `shutdown` turns true.
-pub async fn run(config: DockerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let engine = Engine::connect(&config.node).await?;
+/// Runs the agent of one Docker node until `shutdown` turns true, keeping
+/// `metrics` up to date.
+pub async fn run(
+    config: DockerConfig,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let engine = Engine::connect(&config.node)
+        .await?
+        .with_metrics(metrics.clone());
     let client = Arc::new(BerthClient::from_list(&config.server)?);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -113,6 +121,7 @@ pub async fn run(config: DockerConfig, shutdown: watch::Receiver<bool>) -> anyho
         config.node.clone(),
         config.heartbeat,
         usage,
+        metrics.clone(),
         shutdown.clone(),
     ));
     let supervisor = SupervisorConfig {
@@ -120,7 +129,14 @@ pub async fn run(config: DockerConfig, shutdown: watch::Receiver<bool>) -> anyho
         stop_grace: config.stop_grace,
         backoff: config.backoff,
     };
-    Supervisor::run(supervisor, engine.clone(), client.clone(), shutdown).await;
+    Supervisor::run(
+        supervisor,
+        engine.clone(),
+        client.clone(),
+        metrics,
+        shutdown,
+    )
+    .await;
     let _ = tokio::join!(sampler, heartbeats);
     if config.drain_on_exit {
         drain(&client, &engine, &config.node, config.stop_grace).await?;
@@ -211,6 +227,7 @@ async fn heartbeat(
     node: String,
     period: Duration,
     usage: SharedUsage,
+    metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(period);
@@ -234,6 +251,6 @@ async fn heartbeat(
                 })
                 .collect(),
         };
-        send_heartbeats(&client, vec![beat]).await;
+        send_heartbeats(&client, vec![beat], &metrics).await;
     }
 }

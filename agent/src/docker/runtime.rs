@@ -20,6 +20,8 @@ use bollard::query_parameters::{
 };
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 
+use crate::metrics::Metrics;
+
 pub const NODE_LABEL: &str = "berth.node";
 pub const NAMESPACE_LABEL: &str = "berth.namespace";
 pub const TASK_LABEL: &str = "berth.task";
@@ -87,6 +89,7 @@ pub enum CreateError {
 pub struct Engine {
     docker: Docker,
     node: String,
+    metrics: Metrics,
 }
 
 /// Unix ms of an RFC 3339 time from the engine; 0 for the engine's zero time
@@ -155,18 +158,32 @@ impl Engine {
         Ok(Engine {
             docker,
             node: node.to_string(),
+            metrics: Metrics::default(),
         })
+    }
+
+    /// The same engine, timing its calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Engine {
+        self.metrics = metrics;
+        self
     }
 
     pub fn node(&self) -> &str {
         &self.node
     }
 
+    /// Runs one engine call, recording its latency as `op`.
+    async fn timed<F: Future>(&self, op: &'static str, call: F) -> F::Output {
+        let started = std::time::Instant::now();
+        let output = call.await;
+        self.metrics.docker_call(op, started);
+        output
+    }
+
     /// CPUs (millicores) and memory (bytes) of the engine's host.
     pub async fn host_capacity(&self) -> anyhow::Result<(i64, i64)> {
         let info = self
-            .docker
-            .info()
+            .timed("info", self.docker.info())
             .await
             .context("cannot read the Docker engine's info")?;
         let cpus = info.ncpu.unwrap_or(1).max(1);
@@ -200,8 +217,7 @@ impl Engine {
             .filters(&self.node_filter(extra))
             .build();
         let summaries = self
-            .docker
-            .list_containers(Some(options))
+            .timed("list", self.docker.list_containers(Some(options)))
             .await
             .map_err(|e| anyhow::anyhow!("cannot list containers: {}", engine_error(e)))?;
         Ok(summaries
@@ -237,12 +253,12 @@ impl Engine {
 
     /// The engine's state of a container.
     async fn state(&self, id: &str) -> anyhow::Result<bollard::models::ContainerState> {
+        let inspect = self.docker.inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        );
         let inspected = self
-            .docker
-            .inspect_container(
-                id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
+            .timed("inspect", inspect)
             .await
             .map_err(|e| anyhow::anyhow!("cannot inspect container {id}: {}", engine_error(e)))?;
         Ok(inspected.state.unwrap_or_default())
@@ -273,22 +289,30 @@ impl Engine {
     /// Pulls `image` unless the engine has it already.
     pub async fn ensure_image(&self, image: &str) -> Result<(), CreateError> {
         let image = with_tag(image);
-        if self.docker.inspect_image(&image).await.is_ok() {
+        if self
+            .timed("inspect_image", self.docker.inspect_image(&image))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         let options = CreateImageOptionsBuilder::default()
             .from_image(&image)
             .build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            if let Err(e) = step {
-                return Err(CreateError::Pull {
-                    image,
-                    reason: engine_error(e),
-                });
+        // The pull as one call: from the request to the last progress line.
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step?;
             }
-        }
-        Ok(())
+            Ok::<(), bollard::errors::Error>(())
+        };
+        self.timed("pull", pull)
+            .await
+            .map_err(|e| CreateError::Pull {
+                image,
+                reason: engine_error(e),
+            })
     }
 
     /// Creates the container of `task` (pulling its image if the engine
@@ -299,7 +323,7 @@ impl Engine {
         let image = body.image.clone().unwrap_or_default();
         let create = |body: ContainerCreateBody| {
             let options = CreateContainerOptionsBuilder::default().name(&name).build();
-            self.docker.create_container(Some(options), body)
+            self.timed("create", self.docker.create_container(Some(options), body))
         };
         // Create first and pull only when the engine lacks the image: one
         // call per container in the common case, instead of an inspect too.
@@ -338,7 +362,10 @@ impl Engine {
                 nano_cpus: Some(nano_cpus),
                 ..Default::default()
             };
-            if let Err(e) = self.docker.update_container(&created.id, update).await {
+            let updated = self
+                .timed("update", self.docker.update_container(&created.id, update))
+                .await;
+            if let Err(e) = updated {
                 // Never leave a container running without its limit.
                 let _ = self.remove(&created.id).await;
                 return Err(CreateError::Engine(format!(
@@ -429,8 +456,10 @@ impl Engine {
 
     /// Starts a created or exited container.
     pub async fn start(&self, id: &str) -> anyhow::Result<()> {
-        self.docker
-            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        let start = self
+            .docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>);
+        self.timed("start", start)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start container {id}: {}", engine_error(e)))
     }
@@ -440,7 +469,10 @@ impl Engine {
         let options = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
-        match self.docker.stop_container(id, Some(options)).await {
+        match self
+            .timed("stop", self.docker.stop_container(id, Some(options)))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             // 304: already stopped.
@@ -454,15 +486,23 @@ impl Engine {
     /// Removes a container, running or not.
     pub async fn remove(&self, id: &str) -> anyhow::Result<()> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        match self.docker.remove_container(id, Some(options)).await {
+        match self
+            .timed("remove", self.docker.remove_container(id, Some(options)))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => anyhow::bail!("cannot remove container {id}: {}", engine_error(e)),
         }
     }
 
-    /// Runs `command` in the container; its exit code.
+    /// Runs `command` in the container; its exit code. Timed as one call
+    /// (`exec`): create, run to the end, inspect.
     pub async fn exec(&self, id: &str, command: &[String]) -> anyhow::Result<i64> {
+        self.timed("exec", self.exec_untimed(id, command)).await
+    }
+
+    async fn exec_untimed(&self, id: &str, command: &[String]) -> anyhow::Result<i64> {
         use bollard::exec::{CreateExecOptions, StartExecOptions};
         let exec = self
             .docker
@@ -501,9 +541,7 @@ impl Engine {
             .one_shot(true)
             .build();
         let stats = self
-            .docker
-            .stats(id, Some(options))
-            .try_next()
+            .timed("stats", self.docker.stats(id, Some(options)).try_next())
             .await
             .map_err(|e| anyhow::anyhow!("cannot read stats of {id}: {}", engine_error(e)))?
             .context("the engine sent no stats")?;

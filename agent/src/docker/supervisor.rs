@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use super::decide::{Backoff, Seen, Step, decide};
 use super::health::{Probe, Unhealthy, run_prober};
 use super::runtime::{Container, ContainerState, CreateError, Engine, Exit};
+use crate::metrics::Metrics;
 
 /// Docker operations (create, start, stop) running at once.
 const CONCURRENT_OPS: usize = 16;
@@ -61,17 +62,20 @@ enum TaskEvent {
     Deleted(ObjectKey),
 }
 
-/// A finished Docker operation.
+/// A finished Docker operation. `restart`: the operation restarts the
+/// task's container (its restart count goes up), as opposed to a first start.
 enum Done {
     Created {
         uid: String,
         restarts: u32,
+        restart: bool,
         result: Result<(String, i64), CreateError>,
     },
     Started {
         uid: String,
         id: String,
         restarts: u32,
+        restart: bool,
         result: anyhow::Result<()>,
     },
     Stopped {
@@ -138,6 +142,7 @@ pub struct Supervisor {
     ops: Arc<Semaphore>,
     done_tx: mpsc::Sender<Done>,
     unhealthy_tx: mpsc::Sender<Unhealthy>,
+    metrics: Metrics,
 }
 
 impl Supervisor {
@@ -147,6 +152,7 @@ impl Supervisor {
         config: SupervisorConfig,
         engine: Engine,
         client: Arc<BerthClient>,
+        metrics: Metrics,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let (task_tx, mut task_rx) = mpsc::channel(1024);
@@ -178,6 +184,7 @@ impl Supervisor {
             ops: Arc::new(Semaphore::new(CONCURRENT_OPS)),
             done_tx,
             unhealthy_tx,
+            metrics,
         };
         let mut last_pass = Instant::now() - MIN_PASS_INTERVAL;
         let mut resync = tokio::time::interval(RESYNC);
@@ -265,12 +272,16 @@ impl Supervisor {
             Done::Created {
                 uid,
                 restarts,
+                restart,
                 result,
             } => {
                 self.busy.remove(&uid);
                 match result {
                     Ok((id, started_at_ms)) => {
                         tracing::info!(container = %short(&id), "container started");
+                        if restart {
+                            self.metrics.restarts.inc();
+                        }
                         self.started_at.insert(id, started_at_ms);
                         self.create_errors.remove(&uid);
                         self.restarts_done.insert(uid, restarts);
@@ -285,11 +296,15 @@ impl Supervisor {
                 uid,
                 id,
                 restarts,
+                restart,
                 result,
             } => {
                 self.busy.remove(&uid);
                 match result {
                     Ok(()) => {
+                        if restart {
+                            self.metrics.restarts.inc();
+                        }
                         self.started_at.insert(id, now_ms());
                         self.restarts_done.insert(uid, restarts);
                     }
@@ -311,6 +326,7 @@ impl Supervisor {
                 return;
             }
         };
+        self.metrics.set_containers(&containers);
         let mut by_task: HashMap<String, Vec<&Container>> = HashMap::new();
         let by_key: HashMap<(&str, &str), &Arc<pb::Object>> = self
             .tasks
@@ -408,6 +424,13 @@ impl Supervisor {
                 restarts_done: self.restarts_done.get(&uid).copied().unwrap_or(0),
                 last_exit: self.last_exit.get(&uid).map(String::as_str),
             };
+            // The count `decide` starts from: a step asking for more restarts
+            // than this is a restart (after an exit, or of a vanished container).
+            let restarts_before = task
+                .status
+                .as_ref()
+                .map_or(0, |s| s.restarts)
+                .max(seen.restarts_done);
             for step in decide(task, &seen, now, &self.config.backoff) {
                 match step {
                     Step::Report(status) => {
@@ -433,7 +456,8 @@ impl Supervisor {
                         reports.push(changed);
                     }
                     Step::Create { restarts } => {
-                        self.spawn_create(object.clone(), uid.clone(), restarts);
+                        let restart = restarts > restarts_before;
+                        self.spawn_create(object.clone(), uid.clone(), restarts, restart);
                     }
                     Step::Start {
                         id,
@@ -446,7 +470,8 @@ impl Supervisor {
                         }
                         self.killed.remove(&id);
                         self.unhealthy.remove(&id);
-                        self.spawn_start(id, uid.clone(), restarts);
+                        let restart = restarts > restarts_before;
+                        self.spawn_start(id, uid.clone(), restarts, restart);
                     }
                     Step::Kill { id, reason } => {
                         tracing::info!(task = %object.name(), %reason, "killing an unhealthy container");
@@ -533,19 +558,20 @@ impl Supervisor {
         });
     }
 
-    fn spawn_create(&mut self, object: Arc<pb::Object>, uid: String, restarts: u32) {
+    fn spawn_create(&mut self, object: Arc<pb::Object>, uid: String, restarts: u32, restart: bool) {
         let engine = self.engine.clone();
         self.spawn_op(uid.clone(), async move {
             let result = engine.create_and_start(&object).await;
             Done::Created {
                 uid,
                 restarts,
+                restart,
                 result,
             }
         });
     }
 
-    fn spawn_start(&mut self, id: String, uid: String, restarts: u32) {
+    fn spawn_start(&mut self, id: String, uid: String, restarts: u32, restart: bool) {
         let engine = self.engine.clone();
         self.spawn_op(uid.clone(), async move {
             let result = engine.start(&id).await;
@@ -553,6 +579,7 @@ impl Supervisor {
                 uid,
                 id,
                 restarts,
+                restart,
                 result,
             }
         });

@@ -67,6 +67,7 @@ pub struct Settings {
     /// The data dir, whose free space is watched.
     pub data_dir: std::path::PathBuf,
     pub disk_reserve: crate::disk::Reserve,
+    pub metrics: crate::metrics::RaftMetrics,
 }
 
 /// What the raft loop is asked to do.
@@ -165,7 +166,7 @@ pub fn start(
     machine: StateMachine,
     hub: Arc<WatchHub>,
 ) -> anyhow::Result<(Replica, Running)> {
-    let shelf = Arc::new(SnapshotShelf::default());
+    let shelf = Arc::new(SnapshotShelf::new(settings.metrics.clone()));
     let blocked: Arc<RwLock<HashSet<u64>>> = Arc::default();
     let address_book: Arc<RwLock<HashMap<u64, String>>> = Arc::default();
     let leader: Arc<RwLock<(u64, Option<String>)>> = Arc::default();

@@ -112,6 +112,7 @@ struct Pending {
     /// The log index the entry was appended at.
     index: u64,
     deadline: Instant,
+    proposed_at: Instant,
 }
 
 /// Something waiting for raft to confirm a read index.
@@ -418,13 +419,15 @@ impl Node {
 
     fn track(&mut self, request_id: u64, reply: Reply) {
         let index = self.raw.raft.raft_log.last_index();
+        let now = Instant::now();
         self.pending.insert(
             request_id,
             Pending {
                 reply,
                 command: None,
                 index,
-                deadline: Instant::now() + self.settings.proposal_timeout,
+                deadline: now + self.settings.proposal_timeout,
+                proposed_at: now,
             },
         );
         self.by_index.insert(index, request_id);
@@ -737,6 +740,7 @@ impl Node {
             self.decide(*command, reply);
         }
         self.share_leader();
+        self.publish_metrics();
         self.checkpoint();
         self.compact_log()?;
         self.compact_history();
@@ -813,6 +817,8 @@ impl Node {
                     }
                     if let Some(pending) = mine {
                         self.by_index.remove(&pending.index);
+                        let latency = pending.proposed_at.elapsed().as_secs_f64();
+                        self.settings.metrics.observe_proposal(latency);
                         answers.push((pending.reply, result));
                     }
                 }
@@ -966,6 +972,16 @@ impl Node {
         Ok(())
     }
 
+    /// Sets the raft gauges (a few atomic stores per turn).
+    fn publish_metrics(&self) {
+        let metrics = &self.settings.metrics;
+        let raft = &self.raw.raft;
+        metrics.term.set(raft.term as i64);
+        metrics.commit_index.set(raft.raft_log.committed as i64);
+        metrics.applied_index.set(self.machine.applied() as i64);
+        metrics.leader.set(i64::from(self.is_leader()));
+    }
+
     /// Publishes who leads, when it changed.
     fn share_leader(&self) {
         let id = self.raw.raft.leader_id;
@@ -976,6 +992,9 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if known.0 != id || known.1 != address {
+            if id != 0 && known.0 != id {
+                self.settings.metrics.leader_changes.inc();
+            }
             *self.leader.write().unwrap_or_else(|e| e.into_inner()) = (id, address);
         }
     }

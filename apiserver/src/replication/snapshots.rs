@@ -33,9 +33,17 @@ pub struct SnapshotShelf {
     incoming: Mutex<Option<Incoming>>,
     sent: AtomicU64,
     installed: AtomicU64,
+    metrics: crate::metrics::RaftMetrics,
 }
 
 impl SnapshotShelf {
+    pub fn new(metrics: crate::metrics::RaftMetrics) -> SnapshotShelf {
+        SnapshotShelf {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     pub fn put_outgoing(&self, view: Arc<Snapshot>) {
         let mut outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
         outgoing.insert(view.applied, view);
@@ -65,12 +73,15 @@ impl SnapshotShelf {
         }
     }
 
-    pub fn count_sent(&self) {
+    /// A snapshot whose objects took `bytes` was sent.
+    pub fn count_sent(&self, bytes: u64) {
         self.sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_snapshot_sent(bytes);
     }
 
     pub fn count_installed(&self) {
         self.installed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.snapshots_installed.inc();
     }
 
     pub fn sent(&self) -> u64 {

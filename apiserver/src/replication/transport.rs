@@ -175,8 +175,8 @@ impl Transport {
         self.runtime.spawn(async move {
             let result = stream_snapshot(&message, &address, &shelf).await;
             match &result {
-                Ok(objects) => {
-                    shelf.count_sent();
+                Ok((objects, bytes)) => {
+                    shelf.count_sent(*bytes);
                     tracing::info!(to, index, objects, "snapshot sent");
                 }
                 Err(e) => tracing::warn!(to, index, error = %e, "snapshot not sent"),
@@ -283,7 +283,7 @@ async fn stream_snapshot(
     message: &Message,
     address: &str,
     shelf: &SnapshotShelf,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, u64)> {
     let index = message.get_snapshot().get_metadata().index;
     let view = shelf
         .outgoing(index)
@@ -305,9 +305,11 @@ async fn stream_snapshot(
     send(Part::Message(message.write_to_bytes()?)).await?;
     let mut batch = ObjectBatch::default();
     let mut bytes = 0;
+    let mut total_bytes = 0u64;
     let mut count = 0;
     for object in view.objects.values() {
         bytes += object.encoded_len();
+        total_bytes += object.encoded_len() as u64;
         batch.objects.push((**object).clone());
         count += 1;
         if bytes >= CHUNK_BYTES {
@@ -326,7 +328,7 @@ async fn stream_snapshot(
     .await?;
     drop(chunks);
     call.await??;
-    Ok(count)
+    Ok((count, total_bytes))
 }
 
 /// The receiving side: the `Raft` gRPC service.

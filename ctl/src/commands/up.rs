@@ -93,7 +93,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 usage: 0.5,
                 heartbeat: Duration::from_secs(2),
             };
-            components.push(tokio::spawn(berth_agent::sim::run(config, stopped.clone())));
+            components.push(tokio::spawn(berth_agent::sim::run(
+                config,
+                berth_agent::Metrics::default(),
+                stopped.clone(),
+            )));
         }
         berth_agent::Runtime::Sim => {}
         berth_agent::Runtime::Docker => {
@@ -126,7 +130,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 }
                 bail!("{e:#}\nStart Docker, or run simulated nodes: berthctl up --runtime sim");
             }
-            let agent = tokio::spawn(berth_agent::docker::run(config, stopped.clone()));
+            let agent = tokio::spawn(berth_agent::docker::run(
+                config,
+                berth_agent::Metrics::default(),
+                stopped.clone(),
+            ));
             components.push(agent);
         }
     }

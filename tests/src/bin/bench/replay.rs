@@ -182,6 +182,7 @@ pub async fn run(workload: &Workload, options: &Options) -> anyhow::Result<Outco
             usage: 0.5,
             heartbeat: Duration::from_secs(2),
         },
+        berth_agent::Metrics::default(),
         stopped,
     ));
     let node_count = workload.nodes.len();
