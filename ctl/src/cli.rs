@@ -62,6 +62,9 @@ pub enum Command {
     /// Inspect and change the apiserver's members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create the cluster's certificate authority and issue certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Back the cluster's state up to a file (restore: `berth-apiserver --restore FILE`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -198,6 +201,39 @@ pub enum ClusterCommand {
     },
     /// Remove a member (a leader hands over leadership first).
     RemoveMember { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA in DIR, with certificates for the apiservers (every
+    /// --host as a SAN, plus localhost and 127.0.0.1), the scheduler and an
+    /// admin.
+    Init {
+        /// Where the CA and certificates go [default: ~/.berth/pki].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// An address the apiservers are dialled at (IP or DNS name, no
+        /// port). Repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Issue a certificate from the CA in DIR, as NAME.crt / NAME.key.
+    Issue {
+        /// apiserver, scheduler, node, admin or viewer.
+        #[arg(long)]
+        role: berth_proto::pki::Role,
+        /// Who: a node's name for `node`, a user's for `admin` / `viewer`.
+        #[arg(long)]
+        name: String,
+        /// An address it is dialled at (apiservers, agents). Repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -133,6 +133,7 @@ pub fn parse_kind(word: &str) -> anyhow::Result<pb::Kind> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => commands::up::run(args).await,
+        Command::Certs(command) => commands::certs::run(command),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -163,7 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Uncordon(args) => commands::node::uncordon(&context, args).await,
                 Command::Drain(args) => commands::node::drain(&context, args).await,
                 Command::Snapshot(command) => commands::snapshot::run(&context, command).await,
-                Command::Up(_) | Command::Completion { .. } => Ok(()),
+                Command::Up(_) | Command::Completion { .. } | Command::Certs(_) => Ok(()),
             }
         }
     }

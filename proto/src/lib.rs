@@ -13,6 +13,7 @@
 //! - [`connect`]: the single place where gRPC clients and servers are built.
 //! - [`metrics`]: Prometheus series and the HTTP server every component
 //!   serves them from.
+//! - [`pki`]: the cluster CA and the certificates it issues (rcgen).
 //! - [`process`]: logging, clock and shutdown signal, as every binary does them.
 
 pub mod backup;
@@ -21,6 +22,7 @@ pub mod connect;
 pub mod defaults;
 pub mod metrics;
 pub mod object;
+pub mod pki;
 pub mod process;
 pub mod quantity;
 pub mod selector;

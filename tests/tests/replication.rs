@@ -343,20 +343,65 @@ async fn replacing_a_member_goes_through_joint_consensus() {
             .map(|m| m.id)
             .collect()
     };
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    assert_eq!(voters(cluster.status(leader).await.unwrap()), vec![1, 2, 4]);
-    wait_until(
-        Duration::from_secs(10),
-        "member 1 to apply the change",
-        || {
-            let cluster = &cluster;
-            async move { voters(cluster.status(1).await.unwrap()) == vec![1, 2, 4] }
-        },
-    )
-    .await;
+    // Members 1, 2 and 4 apply the change (the add-member answer came once
+    // the leader had).
+    for id in [1, 2, 4] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("member {id} to apply the change"),
+            || {
+                let cluster = &cluster;
+                async move {
+                    cluster
+                        .status(id)
+                        .await
+                        .is_some_and(|s| voters(s) == vec![1, 2, 4])
+                }
+            },
+        )
+        .await;
+    }
     cluster.member(3).kill9();
     let written = apply(&cluster.client(), job("default", "b", 1))
         .await
         .unwrap();
     assert!(written.resource_version() > 0);
+
+    // The leader itself replaced: it hands leadership over first, and the
+    // change completes on the new leader.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let address = cluster.start_joiner(5, &[]);
+    let out = cluster.members[0]
+        .ctl(&[
+            "cluster",
+            "add-member",
+            "5",
+            &address,
+            "--replace",
+            &leader.to_string(),
+        ])
+        .ok();
+    assert!(
+        out.contains(&format!(
+            "member 5 added as a voter, member {leader} removed"
+        )),
+        "{out}"
+    );
+    let remaining: Vec<u64> = [1, 2, 4, 5]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    wait_until(Duration::from_secs(10), "the new voters", || {
+        let cluster = &cluster;
+        let remaining = remaining.clone();
+        async move {
+            cluster
+                .status(new_leader)
+                .await
+                .is_some_and(|s| voters(s) == remaining)
+        }
+    })
+    .await;
 }

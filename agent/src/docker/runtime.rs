@@ -22,6 +22,11 @@ use futures::{Stream, StreamExt as _, TryStreamExt as _};
 
 use crate::metrics::Metrics;
 
+/// Tries at setting a started container's CPU limit: one that is stopping
+/// refuses it until the engine has seen it stop (a few tens of ms).
+const UPDATE_ATTEMPTS: usize = 5;
+const UPDATE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub const NODE_LABEL: &str = "berth.node";
 pub const NAMESPACE_LABEL: &str = "berth.namespace";
 pub const TASK_LABEL: &str = "berth.task";
@@ -362,15 +367,30 @@ impl Engine {
                 nano_cpus: Some(nano_cpus),
                 ..Default::default()
             };
-            let updated = self
-                .timed("update", self.docker.update_container(&created.id, update))
-                .await;
+            // A container that stops before the update lands (it ran to its
+            // end, or was OOM-killed) refuses it while it stops — and Docker
+            // may still call it running for a moment; once stopped, it takes
+            // the limit as configuration (for its restarts) and its exit is
+            // reported like any other.
+            let mut updated = Ok(());
+            for attempt in 0..UPDATE_ATTEMPTS {
+                let result = self
+                    .timed(
+                        "update",
+                        self.docker.update_container(&created.id, update.clone()),
+                    )
+                    .await;
+                updated = result.map(|_| ()).map_err(engine_error);
+                if updated.is_ok() || attempt + 1 == UPDATE_ATTEMPTS {
+                    break;
+                }
+                tokio::time::sleep(UPDATE_RETRY_PAUSE).await;
+            }
             if let Err(e) = updated {
-                // Never leave a container running without its limit.
+                // Never leave a container that may run without its limit.
                 let _ = self.remove(&created.id).await;
                 return Err(CreateError::Engine(format!(
-                    "cannot set the CPU limit: {}",
-                    engine_error(e)
+                    "cannot set the CPU limit: {e}"
                 )));
             }
         }

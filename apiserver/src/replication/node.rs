@@ -522,6 +522,14 @@ impl Node {
                 });
                 vec![single(id, ConfChangeType::AddLearnerNode)]
             }
+            MemberChange::Promote {
+                replace: Some(old), ..
+            } if old == self.id => {
+                // As for a removal: a leader does not replace itself; it
+                // hands leadership over first and the caller retries there.
+                let _ = reply.send(Err(self.hand_over_leadership(old)));
+                return;
+            }
             MemberChange::Promote { id, replace } => {
                 let mut changes = vec![single(id, ConfChangeType::AddNode)];
                 if let Some(old) = replace {
@@ -530,28 +538,7 @@ impl Node {
                 changes
             }
             MemberChange::Remove { id } if id == self.id => {
-                // A leader does not remove itself: it hands leadership to the
-                // most up-to-date voter first; the caller retries there.
-                let target = self
-                    .raw
-                    .raft
-                    .prs()
-                    .iter()
-                    .filter(|(peer, _)| {
-                        **peer != self.id && self.raw.raft.prs().conf().voters().contains(**peer)
-                    })
-                    .max_by_key(|(_, pr)| pr.matched)
-                    .map(|(peer, _)| *peer);
-                let error = match target {
-                    Some(target) => {
-                        self.raw.transfer_leader(target);
-                        ApiError::Unavailable(format!(
-                            "member {id} leads: leadership is moving to member {target}; retry the removal there"
-                        ))
-                    }
-                    None => ApiError::FailedPrecondition(format!("member {id} is the only voter")),
-                };
-                let _ = reply.send(Err(error));
+                let _ = reply.send(Err(self.hand_over_leadership(id)));
                 return;
             }
             MemberChange::Remove { id } => vec![single(id, ConfChangeType::RemoveNode)],
@@ -576,6 +563,31 @@ impl Node {
                     "the membership change was refused: {e}"
                 ))));
             }
+        }
+    }
+
+    /// A leader asked to remove (or replace) itself hands leadership to
+    /// the most up-to-date other voter first; the error tells the caller to
+    /// retry there.
+    fn hand_over_leadership(&mut self, id: u64) -> ApiError {
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(peer, _)| {
+                **peer != self.id && self.raw.raft.prs().conf().voters().contains(**peer)
+            })
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(peer, _)| *peer);
+        match target {
+            Some(target) => {
+                self.raw.transfer_leader(target);
+                ApiError::Unavailable(format!(
+                    "member {id} leads: leadership is moving to member {target}; retry the change there"
+                ))
+            }
+            None => ApiError::FailedPrecondition(format!("member {id} is the only voter")),
         }
     }
 

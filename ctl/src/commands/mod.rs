@@ -1,6 +1,7 @@
 //! One module per berthctl command.
 
 pub mod apply;
+pub mod certs;
 pub mod cluster;
 pub mod delete;
 pub mod describe;
