@@ -29,6 +29,9 @@ pub enum Runtime {
     about = "Berth's node agent: registers nodes, heartbeats them and runs the tasks bound to them"
 )]
 pub struct Config {
+    #[command(flatten)]
+    pub tls: berth_proto::connect::TlsFlags,
+
     /// API servers as HOST:PORT, comma-separated.
     #[arg(long, env = "BERTH_SERVER", default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub server: String,

@@ -7,6 +7,10 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_agent::Config::parse();
+    if let Err(e) = config.tls.apply() {
+        eprintln!("berth-agent: error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     // Time to finish after SIGTERM: a drain stops containers with their grace.
     let grace = config.stop_grace + Duration::from_secs(10);
     run_until_signal("berth-agent", grace, |stopped| {

@@ -20,6 +20,9 @@ use std::time::Duration;
                   --listen. A member added later (berthctl cluster add-member) starts with --join."
 )]
 pub struct Config {
+    #[command(flatten)]
+    pub tls: berth_proto::connect::TlsFlags,
+
     /// Directory holding the store. It must exist: an empty one starts a new
     /// member; a missing one is an error (a lost disk must not look like a
     /// fresh member).
@@ -151,6 +154,7 @@ impl Config {
     /// Defaults for an in-process single member on `data_dir` (tests, `berthctl up`).
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Config {
         Config {
+            tls: Default::default(),
             data_dir,
             listen,
             advertise: None,

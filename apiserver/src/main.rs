@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_apiserver::Config::parse();
+    if let Err(e) = config.tls.apply() {
+        eprintln!("berth-apiserver: error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -263,7 +263,7 @@ impl Member {
         };
         let mut stop = shutdown_rx.clone();
         let serving = tokio::spawn(
-            connect::server()
+            connect::server()?
                 .layer(metrics.grpc.clone())
                 .add_service(connect::objects_service(service.clone()))
                 .add_service(connect::cluster_service(service.clone()))

@@ -18,6 +18,9 @@ use crate::output::Format;
                   else 127.0.0.1:7400."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub tls: berth_proto::connect::TlsFlags,
+
     /// API servers as HOST:PORT, comma-separated; berthctl fails over between them.
     #[arg(long, global = true, env = "BERTH_SERVER")]
     pub server: Option<String>,

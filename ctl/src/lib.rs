@@ -64,6 +64,25 @@ impl Context {
             Code::DeadlineExceeded => {
                 format!("the server did not answer in time: {}", status.message())
             }
+            // A handshake the server refused, or TLS spoken to one side
+            // only: the transport says little, so say what to check.
+            Code::Unknown | Code::Cancelled | Code::Internal
+                if berth_proto::connect::tls_enabled() =>
+            {
+                format!(
+                    "the TLS connection to {} failed ({}): the server accepts only certificates \
+                     of the cluster CA that are still valid — check --tls-cert/--tls-key (is one \
+                     given? issued by the CA in --tls-ca? expired?)",
+                    self.servers,
+                    status.message()
+                )
+            }
+            Code::Unknown | Code::Cancelled | Code::Internal => format!(
+                "the connection to {} failed ({}); if the cluster uses TLS, pass --tls-ca, \
+                 --tls-cert and --tls-key (or BERTH_TLS_CA, BERTH_TLS_CERT, BERTH_TLS_KEY)",
+                self.servers,
+                status.message()
+            ),
             _ => status.message().to_string(),
         }
     }
@@ -144,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
+            cli.tls.apply()?;
             let servers = config::servers(cli.server.as_deref())?;
             let context = Context {
                 client: BerthClient::from_list(&servers)?,

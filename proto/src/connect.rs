@@ -39,6 +39,98 @@ pub enum ConnectError {
     NoServer,
     #[error("server address {address:?} is not valid: {reason}")]
     BadAddress { address: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The cluster's CA, and this process's certificate and key: with them
+/// every connection it makes or accepts is mutual TLS (the peer must show a
+/// certificate from the same CA). Set once at start with [`use_tls`].
+#[derive(Clone)]
+pub struct Tls {
+    ca: tonic::transport::Certificate,
+    identity: Option<tonic::transport::Identity>,
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+static TLS: std::sync::OnceLock<Tls> = std::sync::OnceLock::new();
+
+impl Tls {
+    /// Reads the PEM files: the CA, and (for anything but a client without
+    /// an identity) a certificate and its key.
+    pub fn load(
+        ca: &std::path::Path,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Tls, ConnectError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| ConnectError::TlsFile {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let ca = tonic::transport::Certificate::from_pem(read(ca)?);
+        let identity = match cert_and_key {
+            Some((cert, key)) => Some(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            )),
+            None => None,
+        };
+        Ok(Tls { ca, identity })
+    }
+}
+
+/// The TLS flags every Berth binary takes (`#[command(flatten)]`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsFlags {
+    /// The cluster CA's certificate (PEM, `berthctl certs init`): with it,
+    /// every connection this process makes or accepts is mutual TLS.
+    #[arg(long, env = "BERTH_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This process's certificate (PEM), issued by the cluster CA.
+    #[arg(long, env = "BERTH_TLS_CERT", global = true, requires = "tls_ca")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsFlags {
+    /// Turns TLS on for this process if a CA was given.
+    pub fn apply(&self) -> Result<(), ConnectError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(());
+        };
+        let pair = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(ConnectError::Tls(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
+        };
+        use_tls(Tls::load(ca, pair)?)
+    }
+}
+
+/// Makes every endpoint and server of this process use `tls`. Call once,
+/// before any connection; a second call is refused.
+pub fn use_tls(tls: Tls) -> Result<(), ConnectError> {
+    TLS.set(tls)
+        .map_err(|_| ConnectError::Tls("TLS is already configured in this process".into()))
+}
+
+/// Whether this process speaks TLS.
+pub fn tls_enabled() -> bool {
+    TLS.get().is_some()
 }
 
 /// Splits `a:7400, b:7400` into addresses; accepts `http://` prefixes.
@@ -67,8 +159,22 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
     if !address.contains(':') {
         return Err(bad("expected HOST:PORT".into()));
     }
-    let endpoint =
-        Endpoint::from_shared(format!("http://{address}")).map_err(|e| bad(e.to_string()))?;
+    // The scheme decides whether tonic speaks TLS: an `http://` endpoint
+    // with a TLS config would talk plaintext.
+    let scheme = if tls_enabled() { "https" } else { "http" };
+    let mut endpoint =
+        Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| bad(e.to_string()))?;
+    if let Some(tls) = TLS.get() {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tls.ca.clone())
+            .timeout(HANDSHAKE_TIMEOUT);
+        if let Some(identity) = &tls.identity {
+            config = config.identity(identity.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| bad(e.to_string()))?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -77,12 +183,27 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
         .keep_alive_while_idle(true))
 }
 
-/// A server builder with Berth's transport settings.
-pub fn server() -> Server {
-    Server::builder()
+/// A server builder with Berth's transport settings; with TLS configured,
+/// it accepts only clients with a certificate from the cluster CA.
+pub fn server() -> Result<Server, ConnectError> {
+    let builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    let Some(tls) = TLS.get() else {
+        return Ok(builder);
+    };
+    let identity = tls
+        .identity
+        .clone()
+        .ok_or_else(|| ConnectError::Tls("a server needs its own certificate and key".into()))?;
+    let config = tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(tls.ca.clone())
+        .timeout(HANDSHAKE_TIMEOUT);
+    builder
+        .tls_config(config)
+        .map_err(|e| ConnectError::Tls(e.to_string()))
 }
 
 /// Wraps an `Objects` implementation with Berth's message limits.

@@ -18,6 +18,9 @@ use crate::placement::Policy;
                   active."
 )]
 pub struct Config {
+    #[command(flatten)]
+    pub tls: berth_proto::connect::TlsFlags,
+
     /// API servers as HOST:PORT, comma-separated.
     #[arg(long, env = "BERTH_SERVER", default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub server: String,
@@ -77,6 +80,7 @@ impl Config {
     /// Defaults for an in-process scheduler (tests, `berthctl up`, benches).
     pub fn new(server: String) -> Config {
         Config {
+            tls: Default::default(),
             server,
             policy: Policy::Binpack,
             sample: 0,

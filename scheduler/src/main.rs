@@ -14,6 +14,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_scheduler::Config::parse();
+    if let Err(e) = config.tls.apply() {
+        eprintln!("berth-scheduler: error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     // On a signal it releases its lease, so that a standby takes over at once.
     run_until_signal("berth-scheduler", Duration::from_secs(5), |stopped| {
         berth_scheduler::run(config, stopped)

@@ -76,7 +76,7 @@ pub async fn run(
         .unwrap_or_else(|| local.to_string());
     let mut server_stop = shutdown.clone();
     let server = tokio::spawn(
-        berth_proto::connect::server()
+        berth_proto::connect::server()?
             .add_service(berth_proto::connect::agent_service(logs::AgentService {
                 engine: engine.clone(),
             }))
