@@ -17,6 +17,7 @@ pub struct Options {
     pub duration: Duration,
     pub failovers: usize,
     pub etcd: bool,
+    pub tls: bool,
 }
 
 struct Row {
@@ -78,8 +79,39 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A CA for the run, with certificates for the members (on loopback) and
+/// for this process, which then speaks TLS; the members' flags.
+fn tls_for_the_run(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use berth_proto::pki::{Identity, Pki, Role};
+    let pki = Pki::at(dir);
+    pki.init()?;
+    let hosts = ["127.0.0.1".to_string()];
+    pki.issue_now(&Identity::new(Role::Apiserver, "apiserver").with_hosts(hosts))?;
+    pki.issue_now(&Identity::new(Role::Admin, "bench"))?;
+    berth_proto::connect::use_tls(berth_proto::connect::Tls::load(
+        &pki.ca_cert(),
+        Some((&pki.cert("bench"), &pki.key("bench"))),
+    )?)?;
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    Ok(vec![
+        "--tls-ca".into(),
+        path(pki.ca_cert()),
+        "--tls-cert".into(),
+        path(pki.cert("apiserver")),
+        "--tls-key".into(),
+        path(pki.key("apiserver")),
+    ])
+}
+
 async fn berth(options: &Options) -> anyhow::Result<Row> {
-    let mut cluster = Cluster::start(options.replicas, &[]);
+    let pki_dir = tempfile::tempdir()?;
+    let args = if options.tls {
+        tls_for_the_run(pki_dir.path())?
+    } else {
+        Vec::new()
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(options.replicas, &args);
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let client = Arc::new(cluster.client());
     apply(&client, job("default", "bench-read", 1)).await?;
@@ -137,7 +169,11 @@ async fn berth(options: &Options) -> anyhow::Result<Row> {
         cluster.member(leader).restart();
     }
     Ok(Row {
-        name: format!("berth ({})", options.replicas),
+        name: format!(
+            "berth ({}){}",
+            options.replicas,
+            if options.tls { " mTLS" } else { "" }
+        ),
         writes,
         reads,
         failovers,

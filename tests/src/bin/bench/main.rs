@@ -5,6 +5,7 @@
 //! target/release/berth-bench writes --clients 1,64 --duration 10s   # one member
 //! target/release/berth-bench memory --tasks 100000
 //! target/release/berth-bench cluster --clients 64 --etcd            # 3 members vs etcd 3.4
+//! target/release/berth-bench cluster --clients 64 --tls             # the same with mutual TLS
 //! target/release/berth-bench trace openb                            # scheduler, per policy
 //! target/release/berth-bench trace alibaba2017 --tasks 100000
 //! target/release/berth-bench synthetic --nodes 10000 --tasks 100000
@@ -76,6 +77,10 @@ enum Bench {
         /// Also measure etcd 3.4 (Debian's etcd-server) with the same load.
         #[arg(long)]
         etcd: bool,
+        /// Mutual TLS between the members and with the clients (a CA made
+        /// for the run); compare with a run without.
+        #[arg(long, conflicts_with = "etcd")]
+        tls: bool,
     },
     /// A follower down for many writes catches up from a streamed snapshot.
     CatchUp {
@@ -252,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             duration,
             failovers,
             etcd,
+            tls,
         } => {
             cluster::run(cluster::Options {
                 replicas,
@@ -259,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 duration,
                 failovers,
                 etcd,
+                tls,
             })
             .await
         }
