@@ -285,6 +285,11 @@ pub struct UpArgs {
     /// Do not run a scheduler (jobs get tasks only from another scheduler).
     #[arg(long)]
     pub no_scheduler: bool,
+
+    /// Plaintext instead of mutual TLS: only for a cluster on loopback
+    /// addresses (the default is TLS from a CA kept in DATA_DIR/pki).
+    #[arg(long)]
+    pub insecure_dev: bool,
 }
 
 fn cpu(s: &str) -> Result<i64, String> {

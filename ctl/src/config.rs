@@ -5,12 +5,54 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// The config file: where the cluster is.
+/// The config file: where the cluster is, and the certificate to show it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// API servers as HOST:PORT.
     pub servers: Vec<String>,
+    /// The cluster CA and this user's certificate and key (PEM files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsPaths>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The config file, if there is one.
+fn read_config() -> anyhow::Result<Option<ConfigFile>> {
+    let Some(path) = config_path().filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let config: ConfigFile = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a berthctl config file", path.display()))?;
+    Ok(Some(config))
+}
+
+/// The TLS flags to use: the command line's, else — when the servers come
+/// from the config file too — the config file's.
+pub fn tls(
+    flags: &berth_proto::connect::TlsFlags,
+    server_flag: Option<&str>,
+) -> anyhow::Result<berth_proto::connect::TlsFlags> {
+    if flags.tls_ca.is_some() || server_flag.is_some() {
+        return Ok(flags.clone());
+    }
+    Ok(match read_config()?.and_then(|c| c.tls) {
+        Some(paths) => berth_proto::connect::TlsFlags {
+            tls_ca: Some(paths.ca),
+            tls_cert: Some(paths.cert),
+            tls_key: Some(paths.key),
+        },
+        None => flags.clone(),
+    })
 }
 
 /// `$BERTH_CONFIG`, else `~/.berth/config.yaml`.
@@ -32,22 +74,16 @@ pub fn servers(flag: Option<&str>) -> anyhow::Result<String> {
     if let Some(list) = flag {
         return Ok(list.to_string());
     }
-    if let Some(path) = config_path()
-        && path.exists()
+    if let Some(config) = read_config()?
+        && !config.servers.is_empty()
     {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let config: ConfigFile = serde_yaml::from_str(&text)
-            .with_context(|| format!("{} is not a berthctl config file", path.display()))?;
-        if !config.servers.is_empty() {
-            return Ok(config.servers.join(","));
-        }
+        return Ok(config.servers.join(","));
     }
     Ok(berth_proto::connect::DEFAULT_SERVER.to_string())
 }
 
 /// Writes the config file so that later commands find the cluster.
-pub fn write(servers: &[String]) -> anyhow::Result<Option<PathBuf>> {
+pub fn write(servers: &[String], tls: Option<TlsPaths>) -> anyhow::Result<Option<PathBuf>> {
     let Some(path) = config_path() else {
         return Ok(None);
     };
@@ -56,6 +92,7 @@ pub fn write(servers: &[String]) -> anyhow::Result<Option<PathBuf>> {
     }
     let text = serde_yaml::to_string(&ConfigFile {
         servers: servers.to_vec(),
+        tls,
     })?;
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Some(path))

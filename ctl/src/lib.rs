@@ -163,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            cli.tls.apply()?;
+            config::tls(&cli.tls, cli.server.as_deref())?.apply()?;
             let servers = config::servers(cli.server.as_deref())?;
             let context = Context {
                 client: BerthClient::from_list(&servers)?,

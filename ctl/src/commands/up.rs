@@ -16,6 +16,56 @@ use tokio::sync::watch;
 use crate::cli::UpArgs;
 use crate::config;
 
+/// The local cluster's CA in DATA_DIR/pki (made on first use), with one
+/// certificate for the components of this process and one for berthctl;
+/// turns TLS on for this process. Returns what berthctl needs.
+fn local_pki(
+    data_dir: &std::path::Path,
+    served_on: [SocketAddr; 2],
+) -> anyhow::Result<config::TlsPaths> {
+    use berth_proto::pki::{Identity, Pki, Role};
+    let pki = Pki::at(&data_dir.join("pki"));
+    if !pki.ca_cert().exists() {
+        pki.init()?;
+    }
+    // In one process every component shows one certificate: the
+    // apiserver's, valid for every address they serve on.
+    let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    for address in served_on {
+        let ip = address.ip().to_string();
+        if !hosts.contains(&ip) {
+            hosts.push(ip);
+        }
+    }
+    if !pki.cert("components").exists() {
+        let identity = Identity::new(Role::Apiserver, "components").with_hosts(hosts);
+        pki.issue(&identity, None, now_minus_an_hour(), 3650)?;
+    }
+    if !pki.cert("admin").exists() {
+        pki.issue(
+            &Identity::new(Role::Admin, "admin"),
+            None,
+            now_minus_an_hour(),
+            3650,
+        )?;
+    }
+    berth_proto::connect::use_tls(berth_proto::connect::Tls::load(
+        &pki.ca_cert(),
+        Some((&pki.cert("components"), &pki.key("components"))),
+    )?)?;
+    // Absolute: berthctl reads them from any directory.
+    let absolute = |path: std::path::PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
+    Ok(config::TlsPaths {
+        ca: absolute(pki.ca_cert()),
+        cert: absolute(pki.cert("admin")),
+        key: absolute(pki.key("admin")),
+    })
+}
+
+fn now_minus_an_hour() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() - time::Duration::hours(1)
+}
+
 /// Ports between replicas: 7400, 7410, 7420, …
 const PORT_STEP: u16 = 10;
 
@@ -40,6 +90,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let initial: BTreeMap<u64, String> =
         members.iter().map(|(id, a)| (*id, a.to_string())).collect();
+    let tls = if args.insecure_dev {
+        for address in [args.listen, args.agent_listen] {
+            if !address.ip().is_loopback() {
+                bail!(
+                    "--insecure-dev: plaintext only on loopback addresses, and {address} is not one"
+                );
+            }
+        }
+        eprintln!(
+            "WARNING: --insecure-dev: this cluster speaks plaintext without authentication; \
+             anything on this host can read and change it. For development only."
+        );
+        None
+    } else {
+        Some(local_pki(&data_dir, [args.listen, args.agent_listen])?)
+    };
 
     let mut servers = Vec::new();
     for (id, address) in &members {
@@ -52,7 +118,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         servers.push(ApiServer::start(config).await?);
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
-    let config_file = config::write(&addresses)?;
+    let config_file = config::write(&addresses, tls.clone())?;
     let server_list = addresses.join(",");
 
     // The scheduler and the simulated nodes run in this process too, and
@@ -151,6 +217,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "  config       {}   (berthctl finds the cluster through it)",
             path.display()
         );
+    }
+    match &tls {
+        Some(paths) => println!(
+            "  security     mutual TLS from the CA in {} (berthctl shows the admin certificate)",
+            paths
+                .ca
+                .parent()
+                .map_or_else(String::new, |p| p.display().to_string())
+        ),
+        None => println!("  security     NONE (--insecure-dev): plaintext on loopback"),
     }
     if !args.no_scheduler {
         println!("  scheduler    binpack policy, in this process");
