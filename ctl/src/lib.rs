@@ -12,6 +12,7 @@ pub mod config;
 pub mod inputs;
 pub mod manifest;
 pub mod output;
+pub mod stdout;
 
 use anyhow::bail;
 use berth_proto::connect::BerthClient;

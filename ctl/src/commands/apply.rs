@@ -46,7 +46,7 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<()> {
                     pb::ApplyOutcome::Updated => "configured",
                     _ => "unchanged",
                 };
-                println!("{name} {outcome}");
+                crate::say!("{name} {outcome}");
             }
             Err(status) => {
                 failed += 1;

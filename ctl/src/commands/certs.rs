@@ -29,10 +29,10 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 Identity::new(Role::Scheduler, "scheduler"),
                 Identity::new(Role::Admin, "admin"),
             ];
-            println!("CA created: {}", pki.ca_cert().display());
+            crate::say!("CA created: {}", pki.ca_cert().display());
             for identity in &issued {
                 let cert = pki.issue_now(identity)?;
-                println!("{} ({}): {}", identity.name, identity.uri(), cert.display());
+                crate::say!("{} ({}): {}", identity.name, identity.uri(), cert.display());
             }
             Ok(())
         }
@@ -47,7 +47,7 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             let identity = Identity::new(role, &name).with_hosts(hosts);
             let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
             let cert = pki.issue(&identity, None, now, days)?;
-            println!("{} ({}): {}", identity.name, identity.uri(), cert.display());
+            crate::say!("{} ({}): {}", identity.name, identity.uri(), cert.display());
             Ok(())
         }
     }

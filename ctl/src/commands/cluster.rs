@@ -45,8 +45,8 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> anyhow::Result<()> {
                 .map_err(|s| ctx.error(&s))?
                 .into_inner();
             match replace {
-                Some(old) => println!("member {id} added as a voter, member {old} removed"),
-                None => println!("member {id} added as a voter"),
+                Some(old) => crate::say!("member {id} added as a voter, member {old} removed"),
+                None => crate::say!("member {id} added as a voter"),
             }
             print_members(&members);
             Ok(())
@@ -60,7 +60,7 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| ctx.error(&s))?
                 .into_inner();
-            println!("member {id} removed");
+            crate::say!("member {id} removed");
             print_members(&members);
             Ok(())
         }
@@ -80,7 +80,7 @@ fn print_members(members: &pb::MembersResponse) {
             ]
         })
         .collect();
-    println!(
+    crate::say!(
         "{}",
         output::table(
             Some(vec![
@@ -129,11 +129,13 @@ async fn status(ctx: &Context) -> anyhow::Result<()> {
         .find(|v| v.role == "leader")
         .cloned();
     match &leader {
-        Some(l) => println!(
+        Some(l) => crate::say!(
             "leader: member {} (term {}, commit {})",
-            l.member_id, l.term, l.commit_index
+            l.member_id,
+            l.term,
+            l.commit_index
         ),
-        None => println!("leader: none reachable"),
+        None => crate::say!("leader: none reachable"),
     }
     let mut rows = Vec::new();
     for (member, view) in &views {
@@ -189,7 +191,7 @@ async fn status(ctx: &Context) -> anyhow::Result<()> {
         "REPLICATION",
         "HEALTH",
     ];
-    println!(
+    crate::say!(
         "{}",
         output::table(Some(header.iter().map(|h| h.to_string()).collect()), rows)
     );

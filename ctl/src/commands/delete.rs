@@ -61,7 +61,7 @@ pub async fn run(ctx: &Context, args: DeleteArgs) -> anyhow::Result<()> {
             })
             .await;
         match result {
-            Ok(_) => println!(
+            Ok(_) => crate::say!(
                 "{}/{} deleted",
                 key.kind.title().to_ascii_lowercase(),
                 key.name

@@ -75,7 +75,7 @@ pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
             .collect();
         section(&mut out, "Events", pb::Kind::Event, &events, false);
     }
-    print!("{out}");
+    crate::say_raw!("{out}");
     Ok(())
 }
 

@@ -97,16 +97,18 @@ fn print_all(query: &Query, objects: &[pb::Object]) -> anyhow::Result<()> {
                 .iter()
                 .map(|o| output::row(o, wide, with_ns))
                 .collect();
-            println!(
+            crate::say!(
                 "{}",
                 output::table(Some(output::header(query.kind, wide, with_ns)), rows)
             );
         }
-        Some(Format::Yaml) => print!("{}", manifest::to_yaml(objects)?),
-        Some(Format::Json) => println!("{}", manifest::to_json(objects, query.names.len() == 1)?),
+        Some(Format::Yaml) => crate::say_raw!("{}", manifest::to_yaml(objects)?),
+        Some(Format::Json) => {
+            crate::say!("{}", manifest::to_json(objects, query.names.len() == 1)?)
+        }
         Some(Format::Name) => {
             for object in objects {
-                println!("{}", output::name(object));
+                crate::say!("{}", output::name(object));
             }
         }
     }
@@ -196,13 +198,17 @@ fn print_event(query: &Query, event: &pb::WatchEvent) -> anyhow::Result<()> {
                 query.with_namespace_column(),
             );
             row.insert(0, change.to_string());
-            println!("{}", output::table(None, vec![row]));
+            crate::say!("{}", output::table(None, vec![row]));
         }
-        Some(Format::Yaml) => print!("---\n{}", manifest::to_yaml(std::slice::from_ref(object))?),
+        Some(Format::Yaml) => {
+            crate::say_raw!("---\n{}", manifest::to_yaml(std::slice::from_ref(object))?)
+        }
         Some(Format::Json) => {
-            println!("{}", manifest::to_json(std::slice::from_ref(object), true)?)
+            crate::say!("{}", manifest::to_json(std::slice::from_ref(object), true)?)
         }
-        Some(Format::Name) => println!("{} {}", output::name(object), change.to_ascii_lowercase()),
+        Some(Format::Name) => {
+            crate::say!("{} {}", output::name(object), change.to_ascii_lowercase())
+        }
     }
     Ok(())
 }

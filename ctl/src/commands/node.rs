@@ -28,18 +28,18 @@ const POLL: Duration = Duration::from_millis(250);
 
 pub async fn cordon(ctx: &Context, args: NodeArgs) -> anyhow::Result<()> {
     if set_unschedulable(ctx, &args.node, true).await? {
-        println!("node/{} cordoned", args.node);
+        crate::say!("node/{} cordoned", args.node);
     } else {
-        println!("node/{} already cordoned", args.node);
+        crate::say!("node/{} already cordoned", args.node);
     }
     Ok(())
 }
 
 pub async fn uncordon(ctx: &Context, args: NodeArgs) -> anyhow::Result<()> {
     if set_unschedulable(ctx, &args.node, false).await? {
-        println!("node/{} uncordoned", args.node);
+        crate::say!("node/{} uncordoned", args.node);
     } else {
-        println!("node/{} already schedulable", args.node);
+        crate::say!("node/{} already schedulable", args.node);
     }
     Ok(())
 }
@@ -138,7 +138,7 @@ async fn survey(ctx: &Context, node: &str) -> anyhow::Result<BTreeMap<(String, S
 pub async fn drain(ctx: &Context, args: DrainArgs) -> anyhow::Result<()> {
     let node = args.node.as_str();
     if set_unschedulable(ctx, node, true).await? {
-        println!("node/{node} cordoned");
+        crate::say!("node/{node} cordoned");
     }
     let deadline = Instant::now() + args.timeout;
     let first = survey(ctx, node).await?;
@@ -186,7 +186,7 @@ pub async fn drain(ctx: &Context, args: DrainArgs) -> anyhow::Result<()> {
                     evicted += 1;
                     let line = format!("task/{} evicted ({})", task.name(), task.namespace());
                     if bar.is_hidden() {
-                        println!("{line}");
+                        crate::say!("{line}");
                     } else {
                         bar.println(line);
                     }
@@ -216,7 +216,7 @@ pub async fn drain(ctx: &Context, args: DrainArgs) -> anyhow::Result<()> {
     }
     if bar.is_hidden() {
         // Not a terminal: say it in one line.
-        println!("node/{node} drained: {total} task(s) moved");
+        crate::say!("node/{node} drained: {total} task(s) moved");
     }
     Ok(())
 }

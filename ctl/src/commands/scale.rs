@@ -32,7 +32,7 @@ pub async fn run(ctx: &Context, args: ScaleArgs) -> anyhow::Result<()> {
         };
         let spec = job.spec.get_or_insert_with(Default::default);
         if spec.replicas == args.replicas {
-            println!(
+            crate::say!(
                 "job {namespace}/{name} already has {} replicas",
                 args.replicas
             );
@@ -41,7 +41,7 @@ pub async fn run(ctx: &Context, args: ScaleArgs) -> anyhow::Result<()> {
         spec.replicas = args.replicas;
         match ctx.client.apply(object, false).await {
             Ok(_) => {
-                println!(
+                crate::say!(
                     "job {namespace}/{name} scaled to {} replicas",
                     args.replicas
                 );

@@ -27,7 +27,7 @@ pub async fn run(ctx: &Context, command: SnapshotCommand) -> anyhow::Result<()> 
                 writer.write(&chunk)?;
             }
             let (header, objects, bytes) = writer.finish()?;
-            println!(
+            crate::say!(
                 "snapshot of {objects} objects at revision {} saved to {} ({bytes} bytes, from member {})",
                 header.revision,
                 file.display(),

@@ -59,7 +59,7 @@ pub async fn run(ctx: &Context, args: TopArgs) -> anyhow::Result<()> {
             ]);
         }
         let header = ["NAME", "CPU", "CPU%", "MEMORY", "MEMORY%", "LAST HEARTBEAT"];
-        println!("{}", table(Some(header.map(String::from).to_vec()), rows));
+        crate::say!("{}", table(Some(header.map(String::from).to_vec()), rows));
         return Ok(());
     }
     let namespace = ctx.namespace_or_default();
@@ -88,7 +88,7 @@ pub async fn run(ctx: &Context, args: TopArgs) -> anyhow::Result<()> {
     if all {
         header.insert(0, "NAMESPACE");
     }
-    println!(
+    crate::say!(
         "{}",
         table(Some(header.into_iter().map(String::from).collect()), rows)
     );

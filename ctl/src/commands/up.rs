@@ -205,41 +205,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("Berth is up.");
-    println!(
+    crate::say!("Berth is up.");
+    crate::say!(
         "  API servers  {}   ({} replicas, data in {})",
         addresses.join(","),
         args.replicas,
         data_dir.display()
     );
     if let Some(path) = config_file {
-        println!(
+        crate::say!(
             "  config       {}   (berthctl finds the cluster through it)",
             path.display()
         );
     }
     match &tls {
-        Some(paths) => println!(
+        Some(paths) => crate::say!(
             "  security     mutual TLS from the CA in {} (berthctl shows the admin certificate)",
             paths
                 .ca
                 .parent()
                 .map_or_else(String::new, |p| p.display().to_string())
         ),
-        None => println!("  security     NONE (--insecure-dev): plaintext on loopback"),
+        None => crate::say!("  security     NONE (--insecure-dev): plaintext on loopback"),
     }
     if !args.no_scheduler {
-        println!("  scheduler    binpack policy, in this process");
+        crate::say!("  scheduler    binpack policy, in this process");
     }
     if args.runtime == berth_agent::Runtime::Docker {
-        println!(
+        crate::say!(
             "  node         {docker_node}: tasks run as Docker containers on this host; \
              its agent serves logs on {}",
             args.agent_listen
         );
     }
     if sim {
-        println!(
+        crate::say!(
             "  nodes        {} simulated (sim-0…), {} CPU and {} memory each: tasks are \
              bound and marked Running, no containers start; batch tasks finish after 30s",
             args.sim_nodes,
@@ -247,14 +247,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             format_memory(args.node_memory)
         );
     }
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "Try:  berthctl apply -f manifests/   then   berthctl get jobs   and   berthctl cluster status"
     );
-    println!("Press Ctrl-C to stop.");
+    crate::say!("Press Ctrl-C to stop.");
 
     berth_proto::process::shutdown_signal().await?;
-    println!("Stopping…");
+    crate::say!("Stopping…");
     stop.send_replace(true);
     for component in components {
         match tokio::time::timeout(Duration::from_secs(5), component).await {
@@ -266,6 +266,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for server in servers {
         server.shutdown().await?;
     }
-    println!("Stopped. The state stays in {}.", data_dir.display());
+    crate::say!("Stopped. The state stays in {}.", data_dir.display());
     Ok(())
 }
