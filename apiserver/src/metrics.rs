@@ -20,31 +20,45 @@ pub struct Metrics {
     pub watchers: Gauge,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RaftMetrics {
     pub term: Gauge,
     pub commit_index: Gauge,
     pub applied_index: Gauge,
     pub leader: Gauge,
     pub leader_changes: Counter,
-    pub proposal_seconds: Option<Histogram>,
+    pub proposal_seconds: Histogram,
     pub snapshots_sent: Counter,
     pub snapshots_installed: Counter,
-    pub snapshot_bytes: Option<Histogram>,
+    pub snapshot_bytes: Histogram,
+}
+
+impl Default for RaftMetrics {
+    /// Handles that no registry serves until registered.
+    fn default() -> RaftMetrics {
+        RaftMetrics {
+            term: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            proposal_seconds: latency_histogram(),
+            snapshots_sent: Counter::default(),
+            snapshots_installed: Counter::default(),
+            // 1 KiB to 1 GiB.
+            snapshot_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 11)),
+        }
+    }
 }
 
 impl RaftMetrics {
     pub fn observe_proposal(&self, seconds: f64) {
-        if let Some(h) = &self.proposal_seconds {
-            h.observe(seconds);
-        }
+        self.proposal_seconds.observe(seconds);
     }
 
     pub fn observe_snapshot_sent(&self, bytes: u64) {
         self.snapshots_sent.inc();
-        if let Some(h) = &self.snapshot_bytes {
-            h.observe(bytes as f64);
-        }
+        self.snapshot_bytes.observe(bytes as f64);
     }
 }
 
@@ -54,12 +68,7 @@ impl Metrics {
         let grpc = GrpcMetrics::register(registry, "berth_api");
         let watchers = Gauge::default();
         registry.register("berth_api_watchers", "Open watch streams", watchers.clone());
-        let raft = RaftMetrics {
-            proposal_seconds: Some(latency_histogram()),
-            // 1 KiB to 1 GiB.
-            snapshot_bytes: Some(Histogram::new(exponential_buckets(1024.0, 4.0, 11))),
-            ..Default::default()
-        };
+        let raft = RaftMetrics::default();
         let r = &raft;
         registry.register(
             "berth_raft_term",
@@ -86,13 +95,11 @@ impl Metrics {
             "Times this member saw a new leader",
             r.leader_changes.clone(),
         );
-        if let Some(h) = &r.proposal_seconds {
-            registry.register(
-                "berth_raft_proposal_seconds",
-                "From a write proposed by this member (as leader) to its entry applied",
-                h.clone(),
-            );
-        }
+        registry.register(
+            "berth_raft_proposal_seconds",
+            "From a write proposed by this member (as leader) to its entry applied",
+            r.proposal_seconds.clone(),
+        );
         registry.register(
             "berth_raft_snapshots_sent",
             "Snapshots streamed to followers",
@@ -103,13 +110,11 @@ impl Metrics {
             "Snapshots received from a leader and installed",
             r.snapshots_installed.clone(),
         );
-        if let Some(h) = &r.snapshot_bytes {
-            registry.register(
-                "berth_raft_snapshot_bytes",
-                "Size of the objects of each snapshot sent",
-                h.clone(),
-            );
-        }
+        registry.register(
+            "berth_raft_snapshot_bytes",
+            "Size of the objects of each snapshot sent",
+            r.snapshot_bytes.clone(),
+        );
         Metrics {
             grpc,
             raft,

@@ -36,23 +36,32 @@ fn read_config() -> anyhow::Result<Option<ConfigFile>> {
     Ok(Some(config))
 }
 
-/// The TLS flags to use: the command line's, else — when the servers come
-/// from the config file too — the config file's.
-pub fn tls(
-    flags: &berth_proto::connect::TlsFlags,
+/// Where to connect and with which certificate: the command line's
+/// servers (or BERTH_SERVER) and TLS flags, else the config file's, else
+/// the default address in plaintext. The config file's certificate goes
+/// with its servers only.
+pub fn connection(
     server_flag: Option<&str>,
-) -> anyhow::Result<berth_proto::connect::TlsFlags> {
-    if flags.tls_ca.is_some() || server_flag.is_some() {
-        return Ok(flags.clone());
+    tls_flags: &berth_proto::connect::TlsFlags,
+) -> anyhow::Result<(String, berth_proto::connect::TlsFlags)> {
+    if let Some(list) = server_flag {
+        return Ok((list.to_string(), tls_flags.clone()));
     }
-    Ok(match read_config()?.and_then(|c| c.tls) {
-        Some(paths) => berth_proto::connect::TlsFlags {
+    let config = read_config()?.unwrap_or_default();
+    let servers = if config.servers.is_empty() {
+        berth_proto::connect::DEFAULT_SERVER.to_string()
+    } else {
+        config.servers.join(",")
+    };
+    let tls = match config.tls {
+        Some(paths) if tls_flags.tls_ca.is_none() => berth_proto::connect::TlsFlags {
             tls_ca: Some(paths.ca),
             tls_cert: Some(paths.cert),
             tls_key: Some(paths.key),
         },
-        None => flags.clone(),
-    })
+        _ => tls_flags.clone(),
+    };
+    Ok((servers, tls))
 }
 
 /// `$BERTH_CONFIG`, else `~/.berth/config.yaml`.
@@ -66,20 +75,6 @@ pub fn config_path() -> Option<PathBuf> {
 /// `~/.berth`, where `up` keeps its files by default.
 pub fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".berth"))
-}
-
-/// The server list: the flag (or BERTH_SERVER), else the config file, else
-/// the default address.
-pub fn servers(flag: Option<&str>) -> anyhow::Result<String> {
-    if let Some(list) = flag {
-        return Ok(list.to_string());
-    }
-    if let Some(config) = read_config()?
-        && !config.servers.is_empty()
-    {
-        return Ok(config.servers.join(","));
-    }
-    Ok(berth_proto::connect::DEFAULT_SERVER.to_string())
 }
 
 /// Writes the config file so that later commands find the cluster.

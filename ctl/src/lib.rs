@@ -164,8 +164,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            config::tls(&cli.tls, cli.server.as_deref())?.apply()?;
-            let servers = config::servers(cli.server.as_deref())?;
+            let (servers, tls) = config::connection(cli.server.as_deref(), &cli.tls)?;
+            tls.apply()?;
             let context = Context {
                 client: BerthClient::from_list(&servers)?,
                 servers,

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use berth_proto::connect::BerthClient;
 use berth_proto::pb;
-use berth_tests::{ApiServer, Cluster, apiserver_refuses, apply, ctl_at, job};
+use berth_tests::{ApiServer, Cluster, apiserver_refuses, apply, ctl_at, job, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(30);
 
 fn namespace(name: &str, version: &str) -> pb::Object {
     pb::Object::from(pb::Namespace {
@@ -124,14 +126,17 @@ async fn a_snapshot_taken_under_writes_restores_every_object_and_revision() {
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("cluster.snap");
     // Some writes before and after.
-    while acknowledged.lock().unwrap().len() < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let written = |count: usize| {
+        let acknowledged = acknowledged.clone();
+        move || {
+            let acknowledged = acknowledged.clone();
+            async move { acknowledged.lock().unwrap().len() >= count }
+        }
+    };
+    wait_until(DEADLINE, "writes before the snapshot", written(20)).await;
     let revision = save(&cluster.addresses().join(","), &file).await;
     let taken = acknowledged.lock().unwrap().len();
-    while acknowledged.lock().unwrap().len() < taken + 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(DEADLINE, "writes after the snapshot", written(taken + 20)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
 

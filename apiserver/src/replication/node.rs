@@ -171,8 +171,9 @@ pub(crate) struct Node {
     /// Checked writes whose read index this member has not applied yet.
     deferred: Vec<(u64, Box<Command>, WriteReply)>,
     next_read: u64,
-    /// Set when storage failed: the member refuses everything until restarted.
-    failed: Option<String>,
+    /// Set when storage failed: what every request is refused with until
+    /// the member restarts (by itself, after a full disk).
+    failed: Option<ApiError>,
     /// Free space on the data dir: new writes wait for room.
     disk: DiskSpace,
     /// Told when the disk filled up and has room again: the server restarts
@@ -290,8 +291,8 @@ impl Node {
                 next_tick = now + tick;
                 self.expire(now);
             }
-            if let Some(reason) = &self.failed {
-                if ApiError::storage(reason.clone()).is_disk_full() && self.disk.has_room() {
+            if let Some(error) = &self.failed {
+                if error.is_disk_full() && self.disk.has_room() {
                     tracing::warn!(
                         member = self.id,
                         "the disk has room again: restarting this member from its store"
@@ -342,10 +343,11 @@ impl Node {
             )));
         }
         self.by_index.clear();
-        if ApiError::storage(reason.clone()).is_disk_full() {
+        let error = ApiError::storage(reason);
+        if error.is_disk_full() {
             self.disk.filled_up();
         }
-        self.failed = Some(reason);
+        self.failed = Some(error);
     }
 
     fn not_leader(&self) -> ApiError {
@@ -365,8 +367,7 @@ impl Node {
     }
 
     fn handle(&mut self, input: Input) {
-        if let Some(reason) = &self.failed {
-            let error = ApiError::storage(reason.clone());
+        if let Some(error) = self.failed.clone() {
             match input {
                 Input::Propose { reply, .. } => {
                     let _ = reply.send(Err(error));
