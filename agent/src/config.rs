@@ -32,6 +32,12 @@ pub struct Config {
     #[command(flatten)]
     pub tls: berth_proto::connect::TlsFlags,
 
+    /// Plaintext without authentication, for development on one machine:
+    /// every address must be on loopback, and a warning says so at start.
+    /// Without it, TLS flags are required.
+    #[arg(long, env = "BERTH_INSECURE_DEV", conflicts_with = "tls_ca")]
+    pub insecure_dev: bool,
+
     /// API servers as HOST:PORT, comma-separated.
     #[arg(long, env = "BERTH_SERVER", default_value = berth_proto::connect::DEFAULT_SERVER)]
     pub server: String,

@@ -20,9 +20,12 @@ use tokio::sync::watch;
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut registry = berth_proto::metrics::Registry::default();
     let metrics = Metrics::new(&mut registry);
+    // Callers of the log service: certificates only (the agent knows no tokens).
+    let auth = berth_proto::auth::Authenticator::new(berth_proto::connect::tls_enabled(), None);
+    auth.register(&mut registry, "berth_agent");
     berth_proto::metrics::serve_configured(config.metrics_listen, registry).await?;
     match config.runtime {
-        Runtime::Docker => docker::run(config.docker()?, metrics, shutdown).await,
+        Runtime::Docker => docker::run(config.docker()?, metrics, auth, shutdown).await,
         Runtime::Sim => sim::run(config.sim()?, metrics, shutdown).await,
     }
 }

@@ -7,7 +7,17 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_agent::Config::parse();
-    if let Err(e) = config.tls.apply() {
+    let mut addresses: Vec<String> = config.server.split(',').map(str::to_string).collect();
+    addresses.push(config.listen.to_string());
+    addresses.extend(config.advertise.clone());
+    addresses.extend(config.metrics_listen.map(|a| a.to_string()));
+    let secured = berth_proto::connect::secure_daemon(
+        "berth-agent",
+        &config.tls,
+        config.insecure_dev,
+        &addresses,
+    );
+    if let Err(e) = secured {
         eprintln!("berth-agent: error: {e}");
         return std::process::ExitCode::FAILURE;
     }

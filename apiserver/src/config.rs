@@ -23,6 +23,18 @@ pub struct Config {
     #[command(flatten)]
     pub tls: berth_proto::connect::TlsFlags,
 
+    /// Plaintext without authentication, for development on one machine:
+    /// every address must be on loopback, and a warning says so at start.
+    /// Without it, TLS flags are required.
+    #[arg(long, env = "BERTH_INSECURE_DEV", conflicts_with = "tls_ca")]
+    pub insecure_dev: bool,
+
+    /// Bearer tokens for users (`berthctl tokens create` writes it): lines
+    /// of `sha256:HASH NAME ROLE [NAMESPACES]`, read again when it changes.
+    /// With it, TLS clients may come without a certificate, to show a token.
+    #[arg(long, env = "BERTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Directory holding the store. It must exist: an empty one starts a new
     /// member; a missing one is an error (a lost disk must not look like a
     /// fresh member).
@@ -155,6 +167,8 @@ impl Config {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Config {
         Config {
             tls: Default::default(),
+            insecure_dev: false,
+            token_file: None,
             data_dir,
             listen,
             advertise: None,

@@ -61,6 +61,9 @@ pub enum ApiError {
     LowDiskSpace(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The caller may not do this; the message says who and what.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 fn not_leader_message(leader_id: u64, address: Option<&str>) -> String {
@@ -93,6 +96,7 @@ impl ApiError {
             | ApiError::Storage(_)
             | ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Remote { code, .. } => *code,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }

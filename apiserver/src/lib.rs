@@ -13,6 +13,7 @@
 //! - [`server`]: wiring, shutdown, and the restart in place after a full disk.
 
 pub mod allocation;
+pub mod authz;
 pub mod config;
 pub mod disk;
 pub mod error;

@@ -12,7 +12,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_apiserver::Config::parse();
-    if let Err(e) = config.tls.apply() {
+    let mut addresses = vec![config.listen.to_string()];
+    addresses.extend(config.advertise.clone());
+    addresses.extend(
+        config
+            .initial_cluster
+            .iter()
+            .flat_map(|m| m.values().cloned()),
+    );
+    addresses.extend(config.metrics_listen.map(|a| a.to_string()));
+    let secured = berth_proto::connect::secure_daemon(
+        "berth-apiserver",
+        &config.tls,
+        config.insecure_dev,
+        &addresses,
+    );
+    if let Err(e) = secured {
         eprintln!("berth-apiserver: error: {e}");
         return std::process::ExitCode::FAILURE;
     }

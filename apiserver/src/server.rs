@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
+use berth_proto::auth::{Authenticator, TokenFile};
 use berth_proto::connect;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,7 +39,15 @@ impl ApiServer {
     pub async fn start(mut config: Config) -> anyhow::Result<ApiServer> {
         let mut registry = berth_proto::metrics::Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let member = Member::start(&config, &metrics).await?;
+        let tokens = match &config.token_file {
+            Some(path) => {
+                Some(TokenFile::open(path).map_err(|e| anyhow::anyhow!("--token-file: {e}"))?)
+            }
+            None => None,
+        };
+        let auth = Arc::new(Authenticator::new(connect::tls_enabled(), tokens));
+        auth.register(&mut registry, "berth_api");
+        let member = Member::start(&config, &metrics, &auth).await?;
         berth_proto::metrics::serve_configured(config.metrics_listen, registry).await?;
         let local_addr = member.local_addr;
         // A restart binds the same port, not another free one, and does
@@ -46,7 +55,7 @@ impl ApiServer {
         config.listen = local_addr;
         config.restore = None;
         let (stop, stopped) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(member, config, metrics, stopped));
+        let supervisor = tokio::spawn(supervise(member, config, metrics, auth, stopped));
         Ok(ApiServer {
             local_addr,
             stop,
@@ -89,6 +98,7 @@ async fn supervise(
     mut member: Member,
     config: Config,
     metrics: Metrics,
+    auth: Arc<Authenticator>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
@@ -105,7 +115,7 @@ async fn supervise(
         member.shutdown().await?;
         let deadline = std::time::Instant::now() + REOPEN_FOR;
         member = loop {
-            match Member::start(&config, &metrics).await {
+            match Member::start(&config, &metrics, &auth).await {
                 Ok(member) => break member,
                 // The old store's last handles may take a moment to close.
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -130,7 +140,11 @@ struct Member {
 }
 
 impl Member {
-    async fn start(config: &Config, metrics: &Metrics) -> anyhow::Result<Member> {
+    async fn start(
+        config: &Config,
+        metrics: &Metrics,
+        auth: &Arc<Authenticator>,
+    ) -> anyhow::Result<Member> {
         if !config.data_dir.is_dir() {
             bail!(
                 "the data dir {} does not exist: create it to start a new member; if this member had \
@@ -260,10 +274,11 @@ impl Member {
             bookmark_every: config.bookmark_interval,
             proposal_timeout: config.proposal_timeout,
             watchers: metrics.watchers.clone(),
+            auth: auth.clone(),
         };
         let mut stop = shutdown_rx.clone();
         let serving = tokio::spawn(
-            connect::server()?
+            connect::server_with(auth.accepts_tokens())?
                 .layer(metrics.grpc.clone())
                 .add_service(connect::objects_service(service.clone()))
                 .add_service(connect::cluster_service(service.clone()))
@@ -272,6 +287,7 @@ impl Member {
                     RaftService {
                         replica: replica.clone(),
                         shutdown: shutdown_rx.clone(),
+                        auth: auth.clone(),
                     }
                     .into_server(),
                 )

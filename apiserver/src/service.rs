@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_proto::auth::{Authenticator, Principal};
 use berth_proto::defaults;
 use berth_proto::internal::{
     ApplyOp, BatchOps, BindOp, Command, DeleteOp, SingleOp, UpdateStatusOp, command::Op, single_op,
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{self, Access, ClusterAction, Decision, Verb};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
 use crate::replication::{MemberChange, Replica};
@@ -48,6 +50,8 @@ pub struct ApiService {
     pub proposal_timeout: Duration,
     /// Open watch streams (`berth_api_watchers`).
     pub watchers: berth_proto::metrics::Gauge,
+    /// Who calls; the policy itself is [`authz`].
+    pub auth: Arc<Authenticator>,
 }
 
 /// A response that names the leader when the write was forwarded to it.
@@ -90,6 +94,142 @@ impl ApiService {
             )),
         }
     }
+}
+
+/// Authorization: the policy's answer, plus the checks against stored
+/// state that a node's "only what is bound to me" needs.
+impl ApiService {
+    fn who<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        self.auth.authenticate(request)
+    }
+
+    fn refuse(&self, who: &Principal, what: impl std::fmt::Display) -> ApiError {
+        ApiError::PermissionDenied(self.auth.denied(who, what))
+    }
+
+    /// `Ok(None)`: allowed; `Ok(Some(node))`: allowed for what is bound
+    /// to that node only.
+    fn decide(&self, who: &Principal, access: &Access) -> Result<Option<String>, ApiError> {
+        match authz::decide(who, access) {
+            Decision::Allow => Ok(None),
+            Decision::BoundTo(node) => Ok(Some(node)),
+            Decision::Deny(what) => Err(self.refuse(who, what)),
+        }
+    }
+
+    fn allow_cluster(&self, who: &Principal, action: ClusterAction) -> Result<(), ApiError> {
+        match authz::decide_cluster(who, action) {
+            Decision::Deny(what) => Err(self.refuse(who, what)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks one admitted write of a batch against the caller's rights.
+    fn authorize_op(&self, who: &Principal, op: &single_op::Op) -> Result<(), ApiError> {
+        let (verb, key, object) = match op {
+            single_op::Op::Apply(a) => (
+                Verb::Apply,
+                object_key(a.object.as_ref()),
+                a.object.as_ref(),
+            ),
+            single_op::Op::UpdateStatus(u) => (
+                Verb::UpdateStatus,
+                object_key(u.object.as_ref()),
+                u.object.as_ref(),
+            ),
+            single_op::Op::Delete(d) => (
+                Verb::Delete,
+                ObjectKey::new(
+                    pb::Kind::try_from(d.kind).unwrap_or(pb::Kind::Unspecified),
+                    d.namespace.clone(),
+                    d.name.clone(),
+                ),
+                None,
+            ),
+            single_op::Op::Bind(b) => (
+                Verb::Bind,
+                ObjectKey::new(pb::Kind::Task, b.namespace.clone(), b.task.clone()),
+                None,
+            ),
+        };
+        self.authorize_write(who, verb, &key, object)
+    }
+
+    /// Checks a write of `object` (or, for a delete or bind, of `key`).
+    fn authorize_write(
+        &self,
+        who: &Principal,
+        verb: Verb,
+        key: &ObjectKey,
+        object: Option<&pb::Object>,
+    ) -> Result<(), ApiError> {
+        let access = access_to(verb, key);
+        let Some(node) = self.decide(who, &access)? else {
+            return Ok(());
+        };
+        let snapshot = self.hub.snapshot();
+        let stored_on = |key: &ObjectKey| {
+            snapshot
+                .get(key)
+                .and_then(|o| o.as_task())
+                .is_some_and(|t| bound_node(t) == node)
+        };
+        let mine = match object.and_then(|o| o.kind.as_ref()) {
+            // Its own task, staying its own (the state machine refuses a
+            // status write that moves a task, should it be re-created
+            // meanwhile).
+            Some(pb::object::Kind::Task(task)) => bound_node(task) == node && stored_on(key),
+            Some(pb::object::Kind::Event(event)) => {
+                event
+                    .involved
+                    .as_ref()
+                    .is_some_and(|r| match pb::Kind::try_from(r.kind) {
+                        Ok(pb::Kind::Node) => r.name == node,
+                        Ok(pb::Kind::Task) => stored_on(&ObjectKey::new(
+                            pb::Kind::Task,
+                            r.namespace.clone(),
+                            r.name.clone(),
+                        )),
+                        _ => false,
+                    })
+            }
+            _ => false,
+        };
+        if mine {
+            Ok(())
+        } else {
+            Err(self.refuse(
+                who,
+                format!("{access}: it is not about node {node:?} or a task bound to it"),
+            ))
+        }
+    }
+}
+
+fn object_key(object: Option<&pb::Object>) -> ObjectKey {
+    object.map_or_else(
+        || ObjectKey::new(pb::Kind::Unspecified, String::new(), String::new()),
+        pb::Object::key,
+    )
+}
+
+/// The access a verb on an object is.
+fn access_to(verb: Verb, key: &ObjectKey) -> Access<'_> {
+    Access {
+        verb,
+        kind: key.kind,
+        namespace: key.kind.is_namespaced().then_some(key.namespace.as_str()),
+        name: Some(key.name.as_str()),
+    }
+}
+
+/// The node a task is bound to ("" when it is not).
+fn bound_node(task: &pb::Task) -> &str {
+    task.status.as_ref().map_or("", |s| s.node.as_str())
+}
+
+fn object_bound_to(object: &pb::Object, node: &str) -> bool {
+    object.as_task().is_some_and(|t| bound_node(t) == node)
 }
 
 /// Most writes in one batch, and their total size.
@@ -176,6 +316,16 @@ fn namespace_filter(kind: pb::Kind, namespace: String) -> Result<Option<String>,
     }
 }
 
+/// A list or watch of `kind`, in one namespace or (`None`) all.
+fn list_access(verb: Verb, kind: pb::Kind, namespace: Option<&str>) -> Access<'_> {
+    Access {
+        verb,
+        kind,
+        namespace,
+        name: None,
+    }
+}
+
 fn selector_of(selector: &str) -> Result<Selector, ApiError> {
     Selector::parse(selector).map_err(|e| ApiError::InvalidArgument(format!("label_selector: {e}")))
 }
@@ -215,11 +365,13 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let who = self.who(&request)?;
         let pb::ApplyRequest {
             object,
             create_only,
         } = request.into_inner();
         let object = admit_object(object)?;
+        self.authorize_write(&who, Verb::Apply, &object.key(), Some(&object))?;
         let (applied, leader) = self
             .write(Op::Apply(ApplyOp {
                 object: Some(object),
@@ -234,7 +386,9 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let who = self.who(&request)?;
         let object = admit_object(request.into_inner().object)?;
+        self.authorize_write(&who, Verb::UpdateStatus, &object.key(), Some(&object))?;
         let (applied, leader) = self
             .write(Op::UpdateStatus(UpdateStatusOp {
                 object: Some(object),
@@ -244,6 +398,7 @@ impl Objects for ApiService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
+        let who = self.who(&request)?;
         let pb::GetRequest {
             kind,
             namespace,
@@ -251,9 +406,21 @@ impl Objects for ApiService {
             stale,
         } = request.into_inner();
         let key = key_of(kind, namespace, name)?;
+        let bound_to = self.decide(&who, &access_to(Verb::Get, &key))?;
         self.before_read(stale).await?;
         let snapshot = self.hub.snapshot();
-        match snapshot.get(&key) {
+        let object = snapshot.get(&key);
+        if let Some(node) = bound_to
+            && !object.is_some_and(|o| object_bound_to(o, &node))
+        {
+            // Whether it exists at all is none of this caller's business.
+            let what = format!(
+                "{}: it is not bound to node {node:?}",
+                access_to(Verb::Get, &key)
+            );
+            return Err(self.refuse(&who, what).into());
+        }
+        match object {
             Some(object) => Ok(Response::new((**object).clone())),
             None => Err(ApiError::NotFound(key).into()),
         }
@@ -263,6 +430,7 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let who = self.who(&request)?;
         let pb::ListRequest {
             kind,
             namespace,
@@ -272,10 +440,16 @@ impl Objects for ApiService {
         let kind = kind_of(kind)?;
         let namespace = namespace_filter(kind, namespace)?;
         let selector = selector_of(&label_selector)?;
+        let bound_to = self.decide(&who, &list_access(Verb::List, kind, namespace.as_deref()))?;
         self.before_read(stale).await?;
         let snapshot = self.hub.snapshot();
         let objects = snapshot
             .list(kind, namespace.as_deref(), &selector)
+            .filter(|o| {
+                bound_to
+                    .as_deref()
+                    .is_none_or(|node| object_bound_to(o, node))
+            })
             .map(|o| (**o).clone())
             .collect();
         Ok(Response::new(pb::ListResponse {
@@ -288,6 +462,7 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let who = self.who(&request)?;
         let pb::DeleteRequest {
             kind,
             namespace,
@@ -295,6 +470,7 @@ impl Objects for ApiService {
             resource_version,
         } = request.into_inner();
         let key = key_of(kind, namespace, name)?;
+        self.authorize_write(&who, Verb::Delete, &key, None)?;
         let (applied, leader) = self
             .write(Op::Delete(DeleteOp {
                 kind: key.kind as i32,
@@ -314,6 +490,7 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
+        let who = self.who(&request)?;
         let ops = request.into_inner().ops;
         if ops.is_empty() {
             return Err(
@@ -334,7 +511,15 @@ impl Objects for ApiService {
         let mut valid = Vec::with_capacity(ops.len());
         let mut bytes = 0;
         for op in ops {
-            match admit_op(op) {
+            let admitted = admit_op(op).and_then(|op| {
+                let inner = op
+                    .op
+                    .as_ref()
+                    .ok_or_else(|| ApiError::InvalidArgument("op: required".into()))?;
+                self.authorize_op(&who, inner)?;
+                Ok(op)
+            });
+            match admitted {
                 Ok(op) => {
                     bytes += op.encoded_len();
                     valid.push(op);
@@ -383,6 +568,7 @@ impl Objects for ApiService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.who(&request)?;
         let pb::WatchRequest {
             kind,
             namespace,
@@ -390,10 +576,13 @@ impl Objects for ApiService {
             from_revision,
         } = request.into_inner();
         let kind = kind_of(kind)?;
+        let namespace = namespace_filter(kind, namespace)?;
+        let bound_to = self.decide(&who, &list_access(Verb::Watch, kind, namespace.as_deref()))?;
         let filter = Filter {
             kind,
-            namespace: namespace_filter(kind, namespace)?,
+            namespace,
             selector: selector_of(&label_selector)?,
+            bound_to,
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let from = if from_revision == 0 {
@@ -503,8 +692,10 @@ impl Cluster for ApiService {
     /// immutable view, so writes go on while it streams.
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::Snapshot)?;
         if !self.replica.is_leader() {
             let (leader_id, leader_address) = self.replica.leader();
             return Err(ApiError::NotLeader {
@@ -561,8 +752,10 @@ impl Cluster for ApiService {
 
     async fn status(
         &self,
-        _: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::ReadMembers)?;
         let node = self.replica.status().await?;
         let snapshot = self.hub.snapshot();
         let shelf = self.replica.shelf();
@@ -588,8 +781,10 @@ impl Cluster for ApiService {
 
     async fn members(
         &self,
-        _: Request<pb::MembersRequest>,
+        request: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::ReadMembers)?;
         self.before_read(false).await?;
         let status = self.replica.status().await?;
         Ok(Response::new(self.members(status.leader_id)))
@@ -599,6 +794,8 @@ impl Cluster for ApiService {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::ChangeMembers)?;
         if let Some(mut leader) = self.leader_client(is_forwarded(&request)).await? {
             return leader.add_member(forwarded(request.into_inner())).await;
         }
@@ -694,6 +891,8 @@ impl Cluster for ApiService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::ChangeMembers)?;
         if let Some(mut leader) = self.leader_client(is_forwarded(&request)).await? {
             return leader.remove_member(forwarded(request.into_inner())).await;
         }
@@ -742,6 +941,14 @@ impl Nodes for ApiService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::Heartbeat)?;
+        if who.role == berth_proto::pki::Role::Node
+            && let Some(other) = request.get_ref().nodes.iter().find(|b| b.node != who.name)
+        {
+            let what = format!("send heartbeats for node {:?}", other.node);
+            return Err(self.refuse(&who, what).into());
+        }
         if let Some(leader) = self.leader_elsewhere(is_forwarded(&request))? {
             let endpoint = berth_proto::connect::endpoint(&leader)
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -763,6 +970,8 @@ impl Nodes for ApiService {
         &self,
         request: Request<pb::WatchUsageRequest>,
     ) -> Result<Response<Self::WatchUsageStream>, Status> {
+        let who = self.who(&request)?;
+        self.allow_cluster(&who, ClusterAction::ReadUsage)?;
         // Usage lives on the leader only: the client follows the hint there.
         self.leader_elsewhere(true)?;
         let every = Duration::from_millis(request.into_inner().interval_ms.clamp(100, 60_000));

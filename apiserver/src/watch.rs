@@ -154,6 +154,8 @@ pub struct Filter {
     pub kind: pb::Kind,
     pub namespace: Option<String>,
     pub selector: Selector,
+    /// Only tasks bound to this node (a node's own watch).
+    pub bound_to: Option<String>,
 }
 
 impl Filter {
@@ -164,6 +166,12 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|ns| object.namespace() == ns)
             && object.labels().is_some_and(|l| self.selector.matches(l))
+            && self.bound_to.as_deref().is_none_or(|node| {
+                object
+                    .as_task()
+                    .and_then(|t| t.status.as_ref())
+                    .is_some_and(|s| s.node == node)
+            })
     }
 
     /// The event a change means to this watcher, if any. An object modified

@@ -25,6 +25,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "BERTH_SERVER")]
     pub server: Option<String>,
 
+    /// The config file's context to use [default: its current-context].
+    #[arg(long, global = true, env = "BERTH_CONTEXT")]
+    pub context: Option<String>,
+
+    /// A bearer token to show the apiserver (`berthctl tokens create`).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Namespace of namespaced kinds (jobs, tasks, events) [default: default].
     #[arg(short = 'n', long, global = true, env = "BERTH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -68,6 +76,12 @@ pub enum Command {
     /// Create the cluster's certificate authority and issue certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Make bearer tokens for users.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Show and change the config file's contexts (cluster, identity, namespace).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Back the cluster's state up to a file (restore: `berth-apiserver --restore FILE`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -231,12 +245,47 @@ pub enum CertsCommand {
         /// An address it is dialled at (apiservers, agents). Repeatable.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Limit an admin or viewer to these namespaces (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token, add its hash to the apiservers' token file (every
+    /// member's --token-file; they read it again when it changes) and print
+    /// the token, once.
+    Create {
+        /// The token file (`berthctl up`: DATA_DIR/tokens).
+        #[arg(long)]
+        file: PathBuf,
+        /// Who the token is for.
+        #[arg(long)]
+        name: String,
+        /// admin, viewer, scheduler or node.
+        #[arg(long)]
+        role: berth_proto::pki::Role,
+        /// Limit an admin or viewer to these namespaces (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts; `*` marks the current one.
+    GetContexts,
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// Create or change a context from the connection flags given with it:
+    /// --server, --token, --tls-ca/--tls-cert/--tls-key, -n.
+    SetContext { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -154,6 +154,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => commands::up::run(args).await,
         Command::Certs(command) => commands::certs::run(command),
+        Command::Tokens(command) => commands::tokens::run(command),
+        Command::Config(ref command) => commands::contexts::run(command, &cli),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -164,12 +166,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            let (servers, tls) = config::connection(cli.server.as_deref(), &cli.tls)?;
-            tls.apply()?;
+            let connection = config::connection(
+                cli.server.as_deref(),
+                cli.context.as_deref(),
+                &cli.tls,
+                cli.token.as_deref(),
+            )?;
+            connection.tls.apply()?;
+            if let Some(token) = &connection.token {
+                berth_proto::connect::use_token(token)?;
+            }
+            let servers = connection.servers;
             let context = Context {
                 client: BerthClient::from_list(&servers)?,
                 servers,
-                namespace: cli.namespace,
+                namespace: cli.namespace.or(connection.namespace),
                 stale: cli.stale,
             };
             match command {
@@ -185,7 +196,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Uncordon(args) => commands::node::uncordon(&context, args).await,
                 Command::Drain(args) => commands::node::drain(&context, args).await,
                 Command::Snapshot(command) => commands::snapshot::run(&context, command).await,
-                Command::Up(_) | Command::Completion { .. } | Command::Certs(_) => Ok(()),
+                Command::Up(_)
+                | Command::Completion { .. }
+                | Command::Certs(_)
+                | Command::Tokens(_)
+                | Command::Config(_) => Ok(()),
             }
         }
     }

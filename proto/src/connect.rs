@@ -121,12 +121,95 @@ impl TlsFlags {
     }
 }
 
+/// How a daemon (apiserver, scheduler, agent) secures its connections:
+/// mutual TLS from `tls`, or — only with `insecure_dev`, and only when
+/// every address it serves or dials is on loopback — plaintext, with a
+/// loud warning. Anything else is refused: a daemon never speaks plaintext
+/// to the network by omission.
+pub fn secure_daemon(
+    program: &str,
+    tls: &TlsFlags,
+    insecure_dev: bool,
+    addresses: &[String],
+) -> Result<(), ConnectError> {
+    match (tls.tls_ca.is_some(), insecure_dev) {
+        (true, true) => Err(ConnectError::Tls(
+            "--insecure-dev and --tls-ca exclude each other".into(),
+        )),
+        (true, false) => tls.apply(),
+        (false, false) => Err(ConnectError::Tls(format!(
+            "{program} speaks mutual TLS: give --tls-ca, --tls-cert and --tls-key (make them with `berthctl certs init` and `berthctl certs issue`), or --insecure-dev for plaintext on loopback only"
+        ))),
+        (false, true) => {
+            if let Some(address) = addresses.iter().find(|a| !is_loopback(a)) {
+                return Err(ConnectError::Tls(format!(
+                    "--insecure-dev keeps plaintext on this machine, but {address} is not a loopback address: use TLS (--tls-ca, --tls-cert, --tls-key) to reach other hosts"
+                )));
+            }
+            warn_insecure(program);
+            Ok(())
+        }
+    }
+}
+
+/// The warning a plaintext development setup prints at start.
+pub fn warn_insecure(program: &str) {
+    let warning = "INSECURE DEVELOPMENT MODE (--insecure-dev): no TLS and no authentication; anyone on this machine has every right. Loopback addresses only.";
+    eprintln!("{program}: WARNING: {warning}");
+    tracing::warn!("{warning}");
+}
+
+/// Whether `address` (HOST:PORT, or a bare host) is on loopback.
+pub fn is_loopback(address: &str) -> bool {
+    use std::net::{IpAddr, SocketAddr};
+    let address = address.trim().trim_start_matches("http://");
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return ip.is_loopback();
+    }
+    if let Ok(socket) = address.parse::<SocketAddr>() {
+        return socket.ip().is_loopback();
+    }
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host == "localhost"
+}
+
 /// Makes every endpoint and server of this process use `tls`. Call once,
 /// before any connection; a second call is refused.
 pub fn use_tls(tls: Tls) -> Result<(), ConnectError> {
     TLS.set(tls)
         .map_err(|_| ConnectError::Tls("TLS is already configured in this process".into()))
 }
+
+static TOKEN: std::sync::OnceLock<tonic::metadata::AsciiMetadataValue> = std::sync::OnceLock::new();
+
+/// Makes every call of this process's [`BerthClient`]s carry `token` as a
+/// bearer token. Call once, before any call.
+pub fn use_token(token: &str) -> Result<(), ConnectError> {
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| ConnectError::Tls("the token has characters a header cannot carry".into()))?;
+    TOKEN
+        .set(value)
+        .map_err(|_| ConnectError::Tls("a token is already configured in this process".into()))
+}
+
+/// Adds this process's bearer token, if it has one, to each request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials;
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = TOKEN.get() {
+            request
+                .metadata_mut()
+                .insert(crate::auth::AUTHORIZATION, token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry this process's credentials.
+pub type BerthChannel = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
 /// Whether this process speaks TLS.
 pub fn tls_enabled() -> bool {
@@ -152,6 +235,12 @@ pub fn parse_servers(list: &str) -> Result<Vec<String>, ConnectError> {
 
 /// A lazily connecting endpoint with Berth's timeouts and keepalives.
 pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
+    endpoint_with(address, TLS.get())
+}
+
+/// As [`endpoint`], with `tls` instead of this process's TLS (a tool or
+/// test that speaks as several identities).
+pub fn endpoint_with(address: &str, tls: Option<&Tls>) -> Result<Endpoint, ConnectError> {
     let bad = |reason: String| ConnectError::BadAddress {
         address: address.to_string(),
         reason,
@@ -161,10 +250,10 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
     }
     // The scheme decides whether tonic speaks TLS: an `http://` endpoint
     // with a TLS config would talk plaintext.
-    let scheme = if tls_enabled() { "https" } else { "http" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =
         Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| bad(e.to_string()))?;
-    if let Some(tls) = TLS.get() {
+    if let Some(tls) = tls {
         let mut config = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tls.ca.clone())
             .timeout(HANDSHAKE_TIMEOUT);
@@ -186,6 +275,13 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ConnectError> {
 /// A server builder with Berth's transport settings; with TLS configured,
 /// it accepts only clients with a certificate from the cluster CA.
 pub fn server() -> Result<Server, ConnectError> {
+    server_with(false)
+}
+
+/// As [`server`]; with `certificate_optional`, TLS clients without a
+/// certificate are let in too — to show a bearer token (the services
+/// refuse them as UNAUTHENTICATED otherwise).
+pub fn server_with(certificate_optional: bool) -> Result<Server, ConnectError> {
     let builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -200,6 +296,7 @@ pub fn server() -> Result<Server, ConnectError> {
     let config = tonic::transport::ServerTlsConfig::new()
         .identity(identity)
         .client_ca_root(tls.ca.clone())
+        .client_auth_optional(certificate_optional)
         .timeout(HANDSHAKE_TIMEOUT);
     builder
         .tls_config(config)
@@ -266,7 +363,7 @@ pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
 /// up to its retry budget.
 #[derive(Debug)]
 pub struct BerthClient {
-    servers: Vec<(String, Channel)>,
+    servers: Vec<(String, BerthChannel)>,
     /// Index of the server to try first: the last one that answered.
     current: AtomicUsize,
     retry_for: Duration,
@@ -280,7 +377,10 @@ impl BerthClient {
         }
         let servers = servers
             .iter()
-            .map(|s| Ok((s.clone(), endpoint(s)?.connect_lazy())))
+            .map(|s| {
+                let channel = endpoint(s)?.connect_lazy();
+                Ok((s.clone(), BerthChannel::new(channel, Credentials)))
+            })
             .collect::<Result<Vec<_>, ConnectError>>()?;
         Ok(BerthClient {
             servers,
@@ -306,7 +406,7 @@ impl BerthClient {
 
     /// An `Objects` client on the preferred server, without failover (for
     /// streams the caller re-opens itself).
-    pub fn objects(&self) -> ObjectsClient<Channel> {
+    pub fn objects(&self) -> ObjectsClient<BerthChannel> {
         let i = self.current.load(Ordering::Relaxed) % self.servers.len();
         objects_client(self.servers[i].1.clone())
     }
@@ -315,7 +415,7 @@ impl BerthClient {
     /// first answer that is not UNAVAILABLE, or the last error.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
-        F: FnMut(ObjectsClient<Channel>) -> Fut,
+        F: FnMut(ObjectsClient<BerthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.with_channel(|channel| call(objects_client(channel)))
@@ -325,7 +425,7 @@ impl BerthClient {
     /// As [`BerthClient::call`], for the `Cluster` service.
     pub async fn call_cluster<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
-        F: FnMut(ClusterClient<Channel>) -> Fut,
+        F: FnMut(ClusterClient<BerthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.with_channel(|channel| call(ClusterClient::new(channel)))
@@ -335,7 +435,7 @@ impl BerthClient {
     /// As [`BerthClient::call`], for the `Nodes` service.
     pub async fn call_nodes<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
-        F: FnMut(crate::pb::nodes_client::NodesClient<Channel>) -> Fut,
+        F: FnMut(crate::pb::nodes_client::NodesClient<BerthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.with_channel(|channel| {
@@ -350,7 +450,7 @@ impl BerthClient {
 
     async fn with_channel<T, F, Fut>(&self, mut call: F) -> Result<Response<T>, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(BerthChannel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let n = self.servers.len();
@@ -480,7 +580,7 @@ impl BerthClient {
     }
 }
 
-fn objects_client(channel: Channel) -> ObjectsClient<Channel> {
+fn objects_client(channel: BerthChannel) -> ObjectsClient<BerthChannel> {
     ObjectsClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
@@ -498,5 +598,37 @@ mod tests {
         );
         assert!(matches!(parse_servers(" , "), Err(ConnectError::NoServer)));
         assert!(parse_servers("localhost").is_err());
+    }
+
+    #[test]
+    fn tells_loopback_addresses() {
+        for a in [
+            "127.0.0.1:7400",
+            "127.3.0.1:1",
+            "localhost:7400",
+            "[::1]:7400",
+            "::1",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "10.0.0.1:7400",
+            "0.0.0.0:7400",
+            "example.com:7400",
+            "[::]:1",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn a_daemon_needs_tls_or_a_loopback_development_mode() {
+        let none = TlsFlags::default();
+        let error = secure_daemon("x", &none, false, &[]).unwrap_err();
+        assert!(error.to_string().contains("--insecure-dev"), "{error}");
+        let far = ["127.0.0.1:1".to_string(), "10.1.2.3:7400".to_string()];
+        let error = secure_daemon("x", &none, true, &far).unwrap_err();
+        assert!(error.to_string().contains("10.1.2.3:7400"), "{error}");
+        secure_daemon("x", &none, true, &far[..1]).unwrap();
     }
 }

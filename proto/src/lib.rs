@@ -16,6 +16,7 @@
 //! - [`pki`]: the cluster CA and the certificates it issues (rcgen).
 //! - [`process`]: logging, clock and shutdown signal, as every binary does them.
 
+pub mod auth;
 pub mod backup;
 pub mod capacity;
 pub mod connect;

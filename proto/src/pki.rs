@@ -101,6 +101,8 @@ pub struct Identity {
     pub name: String,
     /// IP addresses or DNS names (host only, no port).
     pub hosts: Vec<String>,
+    /// The namespaces an admin or viewer is limited to; empty: all.
+    pub namespaces: Vec<String>,
 }
 
 impl Identity {
@@ -109,7 +111,14 @@ impl Identity {
             role,
             name: name.to_string(),
             hosts: Vec::new(),
+            namespaces: Vec::new(),
         }
+    }
+
+    /// Limits the identity to these namespaces.
+    pub fn in_namespaces(mut self, namespaces: impl IntoIterator<Item = String>) -> Identity {
+        self.namespaces.extend(namespaces);
+        self
     }
 
     pub fn with_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Identity {
@@ -117,15 +126,36 @@ impl Identity {
         self
     }
 
-    /// The URI SAN that names it: `berth://ROLE/NAME`.
+    /// The URI SAN that names it: `berth://ROLE/NAME`, with
+    /// `?namespaces=A,B` when it is limited to some.
     pub fn uri(&self) -> String {
-        format!("berth://{}/{}", self.role, self.name)
+        let mut uri = format!("berth://{}/{}", self.role, self.name);
+        if !self.namespaces.is_empty() {
+            uri.push_str("?namespaces=");
+            uri.push_str(&self.namespaces.join(","));
+        }
+        uri
     }
 
-    /// Reads `berth://ROLE/NAME`.
-    pub fn parse_uri(uri: &str) -> Option<(Role, String)> {
-        let (role, name) = uri.strip_prefix("berth://")?.split_once('/')?;
-        Some((role.parse().ok()?, name.to_string()))
+    /// Reads `berth://ROLE/NAME[?namespaces=A,B]`.
+    pub fn parse_uri(uri: &str) -> Option<Identity> {
+        let (role, rest) = uri.strip_prefix("berth://")?.split_once('/')?;
+        let (name, namespaces) = match rest.split_once('?') {
+            Some((name, query)) => {
+                let list = query.strip_prefix("namespaces=")?;
+                let namespaces: Vec<String> = list
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                (name, namespaces)
+            }
+            None => (rest, Vec::new()),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        Some(Identity::new(role.parse().ok()?, name).in_namespaces(namespaces))
     }
 }
 
@@ -296,10 +326,14 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert_eq!(
-            Identity::parse_uri(&agent.uri()),
-            Some((Role::Node, "node-1".to_string()))
-        );
+        let parsed = Identity::parse_uri(&agent.uri()).unwrap();
+        assert_eq!((parsed.role, parsed.name.as_str()), (Role::Node, "node-1"));
+        let viewer = Identity::new(Role::Viewer, "ann").in_namespaces(["a".into(), "b".into()]);
+        assert_eq!(viewer.uri(), "berth://viewer/ann?namespaces=a,b");
+        let parsed = Identity::parse_uri(&viewer.uri()).unwrap();
+        assert_eq!(parsed.namespaces, ["a", "b"]);
+        assert!(Identity::parse_uri("berth://root/x").is_none());
+        assert!(Identity::parse_uri("https://admin/x").is_none());
         assert!("root".parse::<Role>().unwrap_err().contains("admin"));
     }
 }

@@ -14,7 +14,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_scheduler::Config::parse();
-    if let Err(e) = config.tls.apply() {
+    let mut addresses: Vec<String> = config.server.split(',').map(str::to_string).collect();
+    addresses.extend(config.metrics_listen.map(|a| a.to_string()));
+    let secured = berth_proto::connect::secure_daemon(
+        "berth-scheduler",
+        &config.tls,
+        config.insecure_dev,
+        &addresses,
+    );
+    if let Err(e) = secured {
         eprintln!("berth-scheduler: error: {e}");
         return std::process::ExitCode::FAILURE;
     }

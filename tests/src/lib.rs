@@ -10,6 +10,7 @@ pub mod docker;
 pub mod linearizability;
 pub mod nemesis;
 pub mod netns;
+pub mod security;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,12 +102,14 @@ impl ApiServer {
             }
             None => Command::new(binary("berth-apiserver")),
         };
+        let security = security::flags(security::Part::Member(&self.addr), &self.args);
         let mut child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.addr)
             .args(&self.args)
+            .args(&security)
             // BERTH_TEST_LOG=debug shows the servers' own logs.
             .env(
                 "BERTH_LOG",
@@ -186,8 +189,23 @@ pub struct Component {
 impl Component {
     /// Starts `binary` (a workspace binary) with `args`.
     pub fn start(name: &'static str, args: &[&str]) -> Component {
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let after = |flag: &str| {
+            args.iter()
+                .position(|a| *a == flag)
+                .and_then(|i| args.get(i + 1))
+                .copied()
+        };
+        let part = match (name, after("--runtime"), after("--node-name")) {
+            ("berth-agent", Some("sim"), _) => security::Part::Fleet,
+            ("berth-agent", _, Some(node)) => security::Part::Node(node),
+            ("berth-agent", _, None) => security::Part::Fleet,
+            _ => security::Part::Scheduler,
+        };
+        let security = security::flags(part, &owned);
         let child = Command::new(binary(name))
             .args(args)
+            .args(&security)
             .env(
                 "BERTH_LOG",
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -272,8 +290,11 @@ impl Drop for Component {
 /// Runs `berth-apiserver` with `args`, expecting it to refuse to start;
 /// returns what it printed on stderr.
 pub fn apiserver_refuses(args: &[&str]) -> String {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let security = security::flags(security::Part::Member("127.0.0.1:0"), &owned);
     let mut child = Command::new(binary("berth-apiserver"))
         .args(args)
+        .args(&security)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -345,6 +366,8 @@ impl Cluster {
     /// (see [`netns`]); Err says why that is not possible here.
     pub fn start_networked(n: u64, args: &[&str]) -> Result<Cluster, String> {
         let network = netns::Network::create(n)?;
+        // Off loopback, every connection is mutual TLS.
+        security::enable_tls();
         let addresses: Vec<String> = (1..=n)
             .map(|id| format!("{}:7400", network.ip(id)))
             .collect();
@@ -633,8 +656,11 @@ pub fn ctl_at(server: &str, args: &[&str]) -> CtlOutput {
 }
 
 fn ctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> CtlOutput {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let security = security::flags(security::Part::Admin, &owned);
     let mut command = Command::new(binary("berthctl"));
     command
+        .args(&security)
         .args(args)
         .env("BERTH_SERVER", server)
         .env("BERTH_CONFIG", "/nonexistent/berth-config.yaml")

@@ -115,3 +115,51 @@ async fn only_clients_with_a_certificate_from_the_cluster_ca_get_in() {
     let list = cluster.client().list(pb::Kind::Job, "").await.unwrap();
     assert_eq!(list.objects.len(), 3);
 }
+
+/// Runs a daemon with `args`, which must refuse to start; its stderr.
+fn refuses(binary: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(berth_tests::binary(binary))
+        .args(args)
+        .env_remove("BERTH_INSECURE_DEV")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{binary} {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn daemons_speak_plaintext_only_when_told_and_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let untold = refuses(
+        "berth-apiserver",
+        &["--data-dir", &data, "--listen", "127.0.0.1:0"],
+    );
+    assert!(
+        untold.contains("--tls-ca") && untold.contains("--insecure-dev"),
+        "{untold}"
+    );
+    let far = refuses(
+        "berth-apiserver",
+        &[
+            "--data-dir",
+            &data,
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-dev",
+        ],
+    );
+    assert!(
+        far.contains("0.0.0.0:0") && far.contains("loopback"),
+        "{far}"
+    );
+    let scheduler = refuses(
+        "berth-scheduler",
+        &["--server", "10.9.9.9:7400", "--insecure-dev"],
+    );
+    assert!(scheduler.contains("10.9.9.9:7400"), "{scheduler}");
+    let agent = refuses("berth-agent", &["--runtime", "sim"]);
+    assert!(agent.contains("mutual TLS"), "{agent}");
+    // The data dir was not touched.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

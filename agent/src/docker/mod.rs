@@ -59,6 +59,7 @@ pub struct DockerConfig {
 pub async fn run(
     config: DockerConfig,
     metrics: Metrics,
+    auth: berth_proto::auth::Authenticator,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let engine = Engine::connect(&config.node)
@@ -79,6 +80,7 @@ pub async fn run(
         berth_proto::connect::server()?
             .add_service(berth_proto::connect::agent_service(logs::AgentService {
                 engine: engine.clone(),
+                auth,
             }))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

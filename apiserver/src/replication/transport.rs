@@ -336,13 +336,26 @@ async fn stream_snapshot(
 pub struct RaftService {
     pub replica: Replica,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Only members may replicate (and tests' admins cut links).
+    pub auth: std::sync::Arc<berth_proto::auth::Authenticator>,
 }
+
+use crate::authz::ClusterAction;
 
 impl RaftService {
     pub fn into_server(self) -> RaftServer<RaftService> {
         RaftServer::new(self)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+
+    /// Refuses callers that may not `action`.
+    fn allow<T>(&self, request: &Request<T>, action: ClusterAction) -> Result<(), Status> {
+        let who = self.auth.authenticate(request)?;
+        match crate::authz::decide_cluster(&who, action) {
+            crate::authz::Decision::Deny(what) => Err(self.auth.deny(&who, what)),
+            _ => Ok(()),
+        }
     }
 
     fn step(&self, message: Message) -> Result<(), Status> {
@@ -367,6 +380,7 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<RaftAck>, Status> {
+        self.allow(&request, ClusterAction::Replicate)?;
         let mut stream = request.into_inner();
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -392,6 +406,7 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftAck>, Status> {
+        self.allow(&request, ClusterAction::Replicate)?;
         let mut stream = request.into_inner();
         let message = match stream.message().await?.and_then(|c| c.part) {
             Some(Part::Message(bytes)) => parse_message(&bytes)?,
@@ -449,6 +464,7 @@ impl Raft for RaftService {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
+        self.allow(&request, ClusterAction::Replicate)?;
         let command = request
             .into_inner()
             .command
@@ -477,6 +493,7 @@ impl Raft for RaftService {
         &self,
         request: Request<PartitionRequest>,
     ) -> Result<Response<RaftAck>, Status> {
+        self.allow(&request, ClusterAction::Partition)?;
         if !self.replica.fault_injection() {
             return Err(Status::permission_denied(
                 "fault injection is off; start berth-apiserver with --fault-injection",

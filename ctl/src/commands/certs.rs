@@ -40,11 +40,19 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             role,
             name,
             hosts,
+            namespaces,
             days,
             dir,
         } => {
+            if !namespaces.is_empty() && !matches!(role, Role::Admin | Role::Viewer) {
+                anyhow::bail!(
+                    "--namespaces: only an admin or a viewer is limited to namespaces, not a {role}"
+                );
+            }
             let pki = Pki::at(&pki_dir(dir)?);
-            let identity = Identity::new(role, &name).with_hosts(hosts);
+            let identity = Identity::new(role, &name)
+                .with_hosts(hosts)
+                .in_namespaces(namespaces);
             let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
             let cert = pki.issue(&identity, None, now, days)?;
             crate::say!("{} ({}): {}", identity.name, identity.uri(), cert.display());

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod certs;
 pub mod cluster;
+pub mod contexts;
 pub mod delete;
 pub mod describe;
 pub mod get;
@@ -10,5 +11,6 @@ pub mod logs;
 pub mod node;
 pub mod scale;
 pub mod snapshot;
+pub mod tokens;
 pub mod top;
 pub mod up;

@@ -57,14 +57,18 @@ fn local_pki(
     let absolute = |path: std::path::PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
     Ok(config::TlsPaths {
         ca: absolute(pki.ca_cert()),
-        cert: absolute(pki.cert("admin")),
-        key: absolute(pki.key("admin")),
+        cert: Some(absolute(pki.cert("admin"))),
+        key: Some(absolute(pki.key("admin"))),
     })
 }
 
 fn now_minus_an_hour() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() - time::Duration::hours(1)
 }
+
+const TOKEN_FILE_HEADER: &str = "# Bearer tokens of this cluster's users: \
+`berthctl tokens create --file THIS_FILE --name NAME --role ROLE` adds one.\n\
+# sha256:HASH NAME ROLE [NAMESPACES]\n";
 
 /// Ports between replicas: 7400, 7410, 7420, …
 const PORT_STEP: u16 = 10;
@@ -98,15 +102,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        eprintln!(
-            "WARNING: --insecure-dev: this cluster speaks plaintext without authentication; \
-             anything on this host can read and change it. For development only."
-        );
+        berth_proto::connect::warn_insecure("berthctl up");
         None
     } else {
         Some(local_pki(&data_dir, [args.listen, args.agent_listen])?)
     };
 
+    // Users' bearer tokens: `berthctl tokens create --file DATA_DIR/tokens`.
+    let token_file = data_dir.join("tokens");
+    if tls.is_some() && !token_file.exists() {
+        std::fs::create_dir_all(&data_dir)
+            .and_then(|()| std::fs::write(&token_file, TOKEN_FILE_HEADER))
+            .with_context(|| format!("cannot create {}", token_file.display()))?;
+    }
     let mut servers = Vec::new();
     for (id, address) in &members {
         let dir = data_dir.join(format!("apiserver-{id}"));
@@ -115,10 +123,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut config = Config::new(dir, *address);
         config.member_id = *id;
         config.initial_cluster = Some(initial.clone());
+        if tls.is_some() {
+            config.token_file = Some(token_file.clone());
+        }
         servers.push(ApiServer::start(config).await?);
     }
     let addresses: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
-    let config_file = config::write(&addresses, tls.clone())?;
+    let config_file = config::write_local(&addresses, tls.clone())?;
     let server_list = addresses.join(",");
 
     // The scheduler and the simulated nodes run in this process too, and
@@ -196,9 +207,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 }
                 bail!("{e:#}\nStart Docker, or run simulated nodes: berthctl up --runtime sim");
             }
+            let auth = berth_proto::auth::Authenticator::new(tls.is_some(), None);
             let agent = tokio::spawn(berth_agent::docker::run(
                 config,
                 berth_agent::Metrics::default(),
+                auth,
                 stopped.clone(),
             ));
             components.push(agent);
