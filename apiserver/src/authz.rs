@@ -5,7 +5,7 @@
 //! |-----------|---------------------------------------------------------------------|
 //! | apiserver | everything (members forward requests they have authorized already)  |
 //! | admin     | everything; limited to namespaces: every verb on namespaced objects  |
-//! |           | there, and reading those namespaces                                 |
+//! |           | there (leases only read), and reading those namespaces              |
 //! | viewer    | reading; limited to namespaces as an admin is                       |
 //! | scheduler | reading everything; tasks, events and leases; job and node status   |
 //! | node      | reading nodes and namespaces; its own Node; tasks bound to it       |
@@ -110,7 +110,11 @@ pub fn decide(who: &Principal, access: &Access) -> Decision {
             if !who.is_limited() {
                 return Decision::Allow;
             }
-            let allowed = if access.kind.is_namespaced() {
+            let allowed = if access.kind == Kind::Lease && !access.verb.reads() {
+                // Leases elect the cluster's components (the scheduler's
+                // lives in `default`): not a tenant's to take.
+                false
+            } else if access.kind.is_namespaced() {
                 access.namespace.is_some_and(|ns| who.covers(ns))
             } else {
                 // Of the cluster's objects, only its own namespaces, by name.
@@ -263,7 +267,8 @@ mod tests {
                 let mine = access(verb, kind, Some("team-a"));
                 let theirs = access(verb, kind, Some("team-b"));
                 let everywhere = access(verb, kind, None);
-                assert!(allowed(&user, &mine), "{mine}");
+                let leader_election = kind == Kind::Lease && !verb.reads();
+                assert_eq!(allowed(&user, &mine), !leader_election, "{mine}");
                 assert!(!allowed(&user, &theirs), "{theirs}");
                 assert!(!allowed(&user, &everywhere), "{everywhere}");
                 assert_eq!(allowed(&viewer, &mine), verb.reads(), "{mine}");

@@ -179,19 +179,32 @@ impl ApiService {
             // status write that moves a task, should it be re-created
             // meanwhile).
             Some(pb::object::Kind::Task(task)) => bound_node(task) == node && stored_on(key),
+            // An event in the namespace of what it is about; one already
+            // stored under its name must be about the same (a node neither
+            // overwrites nor squats another's events).
             Some(pb::object::Kind::Event(event)) => {
-                event
-                    .involved
-                    .as_ref()
-                    .is_some_and(|r| match pb::Kind::try_from(r.kind) {
-                        Ok(pb::Kind::Node) => r.name == node,
-                        Ok(pb::Kind::Task) => stored_on(&ObjectKey::new(
-                            pb::Kind::Task,
-                            r.namespace.clone(),
-                            r.name.clone(),
-                        )),
-                        _ => false,
-                    })
+                let about_mine = |event: &pb::Event| {
+                    event
+                        .involved
+                        .as_ref()
+                        .is_some_and(|r| match pb::Kind::try_from(r.kind) {
+                            Ok(pb::Kind::Node) => r.name == node,
+                            Ok(pb::Kind::Task) => {
+                                r.namespace == key.namespace
+                                    && stored_on(&ObjectKey::new(
+                                        pb::Kind::Task,
+                                        r.namespace.clone(),
+                                        r.name.clone(),
+                                    ))
+                            }
+                            _ => false,
+                        })
+                };
+                let stored = snapshot.get(key).and_then(|o| match o.kind.as_ref() {
+                    Some(pb::object::Kind::Event(e)) => Some(e.clone()),
+                    _ => None,
+                });
+                about_mine(event) && stored.as_ref().is_none_or(about_mine)
             }
             _ => false,
         };

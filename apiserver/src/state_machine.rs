@@ -932,18 +932,21 @@ fn check_task_status_change(
     current: &pb::Object,
     new: &pb::Object,
 ) -> Result<(), ApiError> {
-    let (Some(old), Some(new)) = (
-        current.as_task().and_then(|t| t.status.as_ref()),
-        new.as_task().and_then(|t| t.status.as_ref()),
-    ) else {
+    let (Some(current), Some(new)) = (current.as_task(), new.as_task()) else {
         return Ok(());
     };
-    if new.node != old.node {
+    // No status is no node: a status write can neither bind an unbound
+    // task nor unbind a bound one.
+    let node = |t: &pb::Task| t.status.as_ref().map_or(String::new(), |s| s.node.clone());
+    let (old_node, new_node) = (node(current), node(new));
+    if new_node != old_node {
         return Err(ApiError::FailedPrecondition(format!(
-            "status.node: {key} is on node {:?}; a status write cannot move it to {:?} (bind an unscheduled task instead)",
-            old.node, new.node
+            "status.node: {key} is on node {old_node:?}; a status write cannot move it to {new_node:?} (bind an unscheduled task instead)"
         )));
     }
+    let (Some(old), Some(new)) = (current.status.as_ref(), new.status.as_ref()) else {
+        return Ok(());
+    };
     if old.phase().is_terminal() && !new.phase().is_terminal() {
         return Err(ApiError::FailedPrecondition(format!(
             "status.phase: {key} has ended ({:?}) and cannot become {:?}; its job replaces it",

@@ -234,8 +234,8 @@ const TOKEN_FILE_CHECK: Duration = Duration::from_secs(1);
 /// ```
 ///
 /// It is read again when it changes, so tokens can be added and revoked
-/// without a restart; a change that does not parse is refused (logged) and
-/// the previous tokens stay.
+/// without a restart; while a change does not parse, no token is accepted
+/// (logged): a revocation must never be undone by a typo.
 pub struct TokenFile {
     path: PathBuf,
     state: Mutex<TokenState>,
@@ -276,8 +276,11 @@ impl TokenFile {
                         state.by_hash = by_hash;
                     }
                     Err(e) => {
+                        // Fail closed: an edit that revokes a token must
+                        // not leave it valid because of a typo elsewhere.
                         state.modified = modified;
-                        tracing::error!(error = %e, "token file not reloaded; the previous tokens stay");
+                        state.by_hash.clear();
+                        tracing::error!(error = %e, "token file unreadable: no token is accepted until it is fixed");
                     }
                 }
             }
@@ -310,7 +313,14 @@ fn read_tokens(path: &Path) -> Result<(Option<SystemTime>, HashMap<String, Princ
         let role: Role = role.parse().map_err(|e| format!("{}: role: {e}", at()))?;
         let namespaces = match rest {
             [] => Vec::new(),
-            [list] => list.split(',').filter(|n| !n.is_empty()).collect(),
+            [list] => {
+                let namespaces: Vec<&str> = list.split(',').filter(|n| !n.is_empty()).collect();
+                if namespaces.is_empty() {
+                    // Present but empty must not read as "every namespace".
+                    return Err(format!("{}: the namespaces field names none", at()));
+                }
+                namespaces
+            }
             _ => {
                 return Err(format!(
                     "{}: namespaces are one comma-separated field",
@@ -380,6 +390,10 @@ mod tests {
         std::fs::write(&path, line).unwrap();
         let error = TokenFile::open(&path).err().unwrap();
         assert!(error.contains("role") && error.contains("root"), "{error}");
+        let line = format!("sha256:{} bob admin ,\n", hash_token("x"));
+        std::fs::write(&path, line).unwrap();
+        let error = TokenFile::open(&path).err().unwrap();
+        assert!(error.contains("names none"), "{error}");
     }
 
     #[test]

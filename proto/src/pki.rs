@@ -148,6 +148,10 @@ impl Identity {
                     .filter(|n| !n.is_empty())
                     .map(str::to_string)
                     .collect();
+                // Present but empty must not read as "every namespace".
+                if namespaces.is_empty() {
+                    return None;
+                }
                 (name, namespaces)
             }
             None => (rest, Vec::new()),
@@ -333,6 +337,7 @@ mod tests {
         let parsed = Identity::parse_uri(&viewer.uri()).unwrap();
         assert_eq!(parsed.namespaces, ["a", "b"]);
         assert!(Identity::parse_uri("berth://root/x").is_none());
+        assert!(Identity::parse_uri("berth://admin/x?namespaces=").is_none());
         assert!(Identity::parse_uri("https://admin/x").is_none());
         assert!("root".parse::<Role>().unwrap_err().contains("admin"));
     }

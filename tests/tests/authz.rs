@@ -702,6 +702,23 @@ async fn a_compromised_agent_cannot_reach_another_nodes_tasks() {
         "an event about n-1's task",
     );
 
+    // An event about its own task, but in another tenant's namespace.
+    let mut elsewhere = berth_proto::object::task_warning(&ours, "Fake", "lies".into(), "x", 1);
+    if let Some(meta) = elsewhere.metadata_mut() {
+        meta.namespace = "team-b".into();
+    }
+    refused(
+        agent
+            .objects
+            .apply(pb::ApplyRequest {
+                object: Some(elsewhere),
+                create_only: false,
+            })
+            .await
+            .map(drop),
+        "an event in another namespace",
+    );
+
     // Its own task it may report on.
     let mut own = ours.clone();
     if let Some(pb::object::Kind::Task(t)) = &mut own.kind {
