@@ -10,7 +10,6 @@ use berth_proto::auth::{Authenticator, TokenFile};
 use berth_proto::connect;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::liveness::{self, Liveness, Timeouts};
@@ -291,7 +290,7 @@ impl Member {
                     }
                     .into_server(),
                 )
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(connect::incoming(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );

@@ -124,7 +124,19 @@ impl Checkpoint {
     /// Adds the checkpoint to `batch`, which must be written atomically: a
     /// partial checkpoint would match no log index.
     pub fn write_to(&self, segment: Vec<u8>, batch: &mut WriteBatch) {
+        self.put_segment(segment, batch);
+        self.put_bookkeeping(batch);
+    }
+
+    /// The segment alone (ignored by a restart until the bookkeeping
+    /// reaches its index).
+    pub fn put_segment(&self, segment: Vec<u8>, batch: &mut WriteBatch) {
         batch.put_segment(self.applied, segment);
+    }
+
+    /// The index, revision and members the segment brings the store to
+    /// (to be written atomically, after the segment).
+    pub fn put_bookkeeping(&self, batch: &mut WriteBatch) {
         batch.put_revision(self.revision);
         batch.put_applied(self.applied);
         batch.put_members(&self.members);

@@ -1,5 +1,5 @@
 //! The apiserver's on-disk state, in one sled database: the raft log and the
-//! state machine side by side.
+//! state machine side by side (the state segments in a tree of their own).
 //!
 //! This is the only module that knows sled. It offers a narrow interface —
 //! load, write a batch atomically, flush, read log entries and history — so
@@ -7,7 +7,8 @@
 //! raft driver (sled's own README says to prefer SQLite where reliability is
 //! the primary constraint).
 //!
-//! Layout (one keyspace, keys sort as bytes):
+//! Layout (keys sort as bytes; `s:` keys live in the tree `segments`, the
+//! rest in the default tree):
 //!
 //! ```text
 //! m:format            u64 BE   on-disk format, refused if unknown
@@ -55,7 +56,32 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
 
-const FORMAT: u64 = 2;
+/// sled's segment (write buffer) size for a new store. sled writes a tree
+/// node larger than a quarter of a segment as a file of its own (a "blob":
+/// a file created, written and later deleted). A leaf holds up to 16 keys,
+/// and the log's and history's groups are tens of KiB under load, so with
+/// sled's default 512 KiB segments the newest leaves went out as blob files
+/// on every consolidation; 8 MiB keeps them inline in the log.
+const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The segment size of the store at `path`: what it was created with (sled
+/// refuses another), else [`SEGMENT_BYTES`].
+fn segment_size(path: &Path) -> usize {
+    // The file ends in a binary checksum: read it as lossy text.
+    std::fs::read(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|line| line.strip_prefix("segment_size: "))
+                .and_then(|size| size.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_BYTES)
+}
+
+const FORMAT: u64 = 3;
+/// The tree of state segments (format 3; format 2 kept them beside the log).
+const SEGMENT_TREE: &[u8] = b"segments";
 const KEY_FORMAT: &[u8] = b"m:format";
 const KEY_REVISION: &[u8] = b"m:revision";
 const KEY_APPLIED: &[u8] = b"m:applied";
@@ -290,6 +316,10 @@ impl WriteBatch {
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
+    /// The checkpoints' state segments, in a tree of their own: megabytes
+    /// each, they must not share a leaf with the keys every raft Ready
+    /// writes (sled rewrites a whole leaf when it consolidates one).
+    segments: sled::Tree,
     /// sled's log file, opened again to fdatasync it.
     log_file: Arc<std::fs::File>,
 }
@@ -319,12 +349,15 @@ impl Storage {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
+            .segment_size(segment_size(&path))
             .open()
             .map_err(open_error)?;
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
+        let segments = db.open_tree(SEGMENT_TREE).map_err(open_error)?;
         let storage = Storage {
             db,
+            segments,
             log_file: Arc::new(log_file),
         };
         storage.check_format()?;
@@ -364,7 +397,14 @@ impl Storage {
             })?,
         };
         let mut state: BTreeMap<ObjectKey, pb::Object> = BTreeMap::new();
-        for item in self.db.scan_prefix(PREFIX_SEGMENT) {
+        // Segments past the applied index belong to a checkpoint whose
+        // bookkeeping a crash cut off (the segment is written first, on its
+        // own; see `checkpoint`): the log still holds what they hold.
+        let last = segment_key(applied);
+        for item in self
+            .segments
+            .range(segment_key(0).as_slice()..=last.as_slice())
+        {
             let (key, value) = item?;
             let segment = StateSegment::decode(value.as_ref()).map_err(|e| {
                 StorageError::Corrupt(format!(
@@ -487,40 +527,66 @@ impl Storage {
     /// entry: the state a snapshot replaces.
     pub fn clear_all(&self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         for prefix in [PREFIX_SEGMENT, PREFIX_HISTORY, PREFIX_ENTRY_GROUP] {
-            for key in self.db.scan_prefix(prefix).keys() {
+            for key in self.tree_of(prefix).scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
         }
         Ok(())
     }
 
+    /// The tree a key lives in.
+    fn tree_of(&self, key: &[u8]) -> &sled::Tree {
+        if key.starts_with(PREFIX_SEGMENT) {
+            &self.segments
+        } else {
+            &self.db
+        }
+    }
+
     /// Writes a batch's keys in order. Not durable until [`Storage::flush`];
     /// after a crash, a prefix of the writes survives.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         for (key, value) in batch.into_ops() {
+            let tree = self.tree_of(&key);
             match value {
-                Some(value) => self.db.insert(key, value)?,
-                None => self.db.remove(key)?,
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
             };
         }
         Ok(())
     }
 
-    /// Writes a batch all-or-nothing (sled writes it out synchronously). Not
-    /// durable until [`Storage::flush`].
+    /// Writes a batch all-or-nothing (sled writes it out synchronously),
+    /// across both trees. Not durable until [`Storage::flush`].
     pub fn write_atomic(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        use sled::Transactional as _;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
         if batch.is_empty() {
             return Ok(());
         }
-        let mut atomic = sled::Batch::default();
-        for (key, value) in batch.into_ops() {
-            match value {
-                Some(value) => atomic.insert(key, value),
-                None => atomic.remove(key),
+        let ops: Vec<(sled::IVec, Option<sled::IVec>)> = batch.into_ops().collect();
+        let default_tree: &sled::Tree = &self.db;
+        let result = (default_tree, &self.segments).transaction(|(main, segments)| {
+            for (key, value) in &ops {
+                let tree = if key.starts_with(PREFIX_SEGMENT) {
+                    segments
+                } else {
+                    main
+                };
+                match value {
+                    Some(value) => tree.insert(key.clone(), value.clone())?,
+                    None => tree.remove(key.clone())?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => {
+                Err(StorageError::Corrupt("an atomic write was aborted".into()))
             }
         }
-        self.db.apply_batch(atomic)?;
-        Ok(())
     }
 
     /// Makes everything written so far durable: sled writes its buffers out,
@@ -562,7 +628,7 @@ impl Storage {
         batch: &mut WriteBatch,
     ) -> Result<(), StorageError> {
         for key in self
-            .db
+            .segments
             .range(segment_key(0).as_slice()..segment_key(applied).as_slice())
             .keys()
         {
@@ -717,14 +783,25 @@ pub(crate) mod tests {
                 batch.put_revision(revision);
                 batch.put_applied(revision);
             }
-            batch.put_segment(3, segment.encode_to_vec());
+            batch.put_segment(2, segment.encode_to_vec());
             // A later delta deletes one of them.
             batch.put_segment(
-                4,
+                3,
                 StateSegment {
                     full: false,
                     puts: vec![],
                     deletes: vec![deleted(&namespace("ns-1", 1).key())],
+                }
+                .encode_to_vec(),
+            );
+            // A checkpoint's segment whose bookkeeping a crash cut off:
+            // beyond the applied index, ignored.
+            batch.put_segment(
+                9,
+                StateSegment {
+                    full: true,
+                    puts: vec![],
+                    deletes: vec![],
                 }
                 .encode_to_vec(),
             );

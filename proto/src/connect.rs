@@ -303,6 +303,24 @@ pub fn server_with(certificate_optional: bool) -> Result<Server, ConnectError> {
         .map_err(|e| ConnectError::Tls(e.to_string()))
 }
 
+/// The connections `listener` accepts, for `serve_with_incoming…`, with
+/// Nagle's algorithm off. tonic sets `tcp_nodelay` only on listeners it
+/// binds itself: on these, a small response would wait for the client's
+/// delayed ACK (about 40 ms) whenever one was still in flight.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot turn Nagle's algorithm off");
+            }
+            stream
+        });
+        Some((accepted, listener))
+    })
+}
+
 /// Wraps an `Objects` implementation with Berth's message limits.
 pub fn objects_service<S: Objects>(service: S) -> ObjectsServer<S> {
     ObjectsServer::new(service)

@@ -22,7 +22,17 @@ async fn stored_member(dir: &std::path::Path) {
 fn open_store(dir: &std::path::Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(dir.join("store")) {
+        // The segment size the apiserver created the store with.
+        let conf = std::fs::read(dir.join("store/conf")).unwrap_or_default();
+        let segment_size = String::from_utf8_lossy(&conf)
+            .lines()
+            .find_map(|l| l.strip_prefix("segment_size: "))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(512 * 1024);
+        let config = sled::Config::new()
+            .path(dir.join("store"))
+            .segment_size(segment_size);
+        match config.open() {
             Ok(db) => return db,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::yield_now()

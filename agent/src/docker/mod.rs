@@ -82,12 +82,9 @@ pub async fn run(
                 engine: engine.clone(),
                 auth,
             }))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                },
-            ),
+            .serve_with_incoming_shutdown(berth_proto::connect::incoming(listener), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            }),
     );
 
     let (host_cpu, host_memory) = engine.host_capacity().await?;

@@ -113,13 +113,24 @@ fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), St
     let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
     let segment = job.checkpoint.segment(full);
     let bytes = segment.len();
+    // Three steps, none of which holds sled's global write lock for long
+    // (an atomic batch does, and the raft loop's writes would wait behind
+    // megabytes of segment): the segment alone, keyed by its index, which
+    // a restart ignores until the bookkeeping reaches it; then that
+    // bookkeeping, small and atomic; then, after a full segment, the
+    // removal of the segments it replaces.
     let mut batch = WriteBatch::new();
-    if full {
-        storage.drop_segments_before(job.checkpoint.applied, &mut batch)?;
-    }
-    job.checkpoint.write_to(segment, &mut batch);
+    job.checkpoint.put_segment(segment, &mut batch);
+    storage.write(batch)?;
+    let mut batch = WriteBatch::new();
+    job.checkpoint.put_bookkeeping(&mut batch);
     batch.put_conf_state(&job.conf_state)?;
     storage.write_atomic(batch)?;
+    if full {
+        let mut batch = WriteBatch::new();
+        storage.drop_segments_before(job.checkpoint.applied, &mut batch)?;
+        storage.write(batch)?;
+    }
     storage.flush()?;
     if full {
         *sizes = Sizes {
