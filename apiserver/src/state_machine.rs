@@ -104,7 +104,24 @@ impl Checkpoint {
     /// objects: a full segment of every object must not copy them all first.
     pub fn segment(&self, full: bool) -> Vec<u8> {
         use prost::encoding::{bool as pbool, message};
-        let mut bytes = Vec::new();
+        // Sized first: a segment of megabytes grown by doubling would be
+        // copied and faulted into fresh memory several times over.
+        let size: usize = if full {
+            2 + self
+                .objects
+                .values()
+                .map(|o| message::encoded_len(2, &**o))
+                .sum::<usize>()
+        } else {
+            self.dirty
+                .iter()
+                .map(|key| match self.objects.get(&**key) {
+                    Some(object) => message::encoded_len(2, &**object),
+                    None => message::encoded_len(3, &crate::storage::deleted(key)),
+                })
+                .sum()
+        };
+        let mut bytes = Vec::with_capacity(size);
         if full {
             pbool::encode(1, &true, &mut bytes);
             for object in self.objects.values() {
