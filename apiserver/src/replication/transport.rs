@@ -2,9 +2,11 @@
 //!
 //! Sending: one task per peer owns one client-streaming `Raft.Send` call and
 //! packs whatever raft messages are queued into each batch (as TiKV does). A
-//! broken stream is re-opened after a short pause; messages queued meanwhile
-//! are dropped and raft is told the peer is unreachable — raft resends what
-//! matters. Snapshots go on their own `Raft.InstallSnapshot` stream: the
+//! broken stream — noticed even while idle — is re-opened after a short
+//! pause, and raft is told the peer is unreachable. Messages the broken
+//! stream did not take go out on the next one, as do election messages
+//! queued meanwhile (raft would not repeat them before another election
+//! timeout); stale appends are dropped, raft resends from what the peer has. Snapshots go on their own `Raft.InstallSnapshot` stream: the
 //! MsgSnapshot, then the objects in chunks, then a trailer.
 //!
 //! Receiving: [`RaftService`] decodes batches and hands each message to the
@@ -209,16 +211,28 @@ impl PeerSender {
             }
         };
         let channel = endpoint.connect_lazy();
+        // Messages a broken stream did not take: sent again on the next one
+        // (raft ignores duplicates; a lost vote would cost an election).
+        let mut carried: Vec<Message> = Vec::new();
         loop {
             let (batches, stream) = async_mpsc::channel::<RaftBatch>(64);
             let mut client = raft_client(channel.clone());
-            let call = tokio::spawn(async move { client.send(ReceiverStream::new(stream)).await });
-            // Pump until the stream breaks or the loop stops.
-            loop {
-                let Some(first) = queue.recv().await else {
-                    return; // the raft loop is gone
-                };
-                let mut messages = vec![first];
+            let mut call =
+                tokio::spawn(async move { client.send(ReceiverStream::new(stream)).await });
+            // Pump until the stream breaks — noticed while idle too, so that
+            // the next message goes out on a fresh stream rather than into
+            // a dead one — or the raft loop stops.
+            let ended = loop {
+                let mut messages = std::mem::take(&mut carried);
+                if messages.is_empty() {
+                    tokio::select! {
+                        message = queue.recv() => match message {
+                            Some(message) => messages.push(message),
+                            None => return, // the raft loop is gone
+                        },
+                        ended = &mut call => break Some(ended),
+                    }
+                }
                 while messages.len() < BATCH_MESSAGES {
                     match queue.try_recv() {
                         Ok(m) => messages.push(m),
@@ -233,27 +247,53 @@ impl PeerSender {
                 {
                     continue;
                 }
+                let mut sent = true;
                 for mut batch in encode_batches(&messages) {
                     batch.from_id = self.from_id;
                     batch.from_address.clone_from(&self.from_address);
                     if batches.send(batch).await.is_err() {
+                        sent = false;
                         break;
                     }
                 }
-                if batches.is_closed() {
-                    break;
+                if !sent {
+                    carried = messages;
+                    break None;
                 }
-            }
+            };
             drop(batches);
-            if let Ok(Err(status)) = call.await {
+            let ended = match ended {
+                Some(ended) => ended,
+                None => call.await,
+            };
+            if let Ok(Err(status)) = ended {
                 tracing::debug!(to = self.to, error = %status.message(), "stream to peer broke");
             }
             let _ = self.inputs.send(Input::Unreachable(self.to));
             tokio::time::sleep(RECONNECT_PAUSE).await;
-            // What queued up meanwhile is stale: raft will resend.
-            while queue.try_recv().is_ok() {}
+            // Appends queued meanwhile are stale (raft probes the peer and
+            // resends from what it has); elections are not, and raft does
+            // not repeat a vote request before the next timeout.
+            while let Ok(message) = queue.try_recv() {
+                if is_election(&message) {
+                    carried.push(message);
+                }
+            }
+            carried.truncate(BATCH_MESSAGES);
         }
     }
+}
+
+/// Vote requests, their answers and leadership transfers.
+fn is_election(message: &Message) -> bool {
+    matches!(
+        message.get_msg_type(),
+        MessageType::MsgRequestVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestPreVoteResponse
+            | MessageType::MsgTimeoutNow
+    )
 }
 
 fn encode_batches(messages: &[Message]) -> Vec<RaftBatch> {
