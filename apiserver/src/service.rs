@@ -168,17 +168,13 @@ impl ApiService {
             return Ok(());
         };
         let snapshot = self.hub.snapshot();
-        let stored_on = |key: &ObjectKey| {
-            snapshot
-                .get(key)
-                .and_then(|o| o.as_task())
-                .is_some_and(|t| bound_node(t) == node)
-        };
+        let stored_on =
+            |key: &ObjectKey| snapshot.get(key).is_some_and(|o| object_bound_to(o, &node));
         let mine = match object.and_then(|o| o.kind.as_ref()) {
             // Its own task, staying its own (the state machine refuses a
             // status write that moves a task, should it be re-created
             // meanwhile).
-            Some(pb::object::Kind::Task(task)) => bound_node(task) == node && stored_on(key),
+            Some(pb::object::Kind::Task(task)) => task.bound_node() == node && stored_on(key),
             // An event in the namespace of what it is about; one already
             // stored under its name must be about the same (a node neither
             // overwrites nor squats another's events).
@@ -236,13 +232,8 @@ fn access_to(verb: Verb, key: &ObjectKey) -> Access<'_> {
     }
 }
 
-/// The node a task is bound to ("" when it is not).
-fn bound_node(task: &pb::Task) -> &str {
-    task.status.as_ref().map_or("", |s| s.node.as_str())
-}
-
 fn object_bound_to(object: &pb::Object, node: &str) -> bool {
-    object.as_task().is_some_and(|t| bound_node(t) == node)
+    object.as_task().is_some_and(|t| t.bound_node() == node)
 }
 
 /// Most writes in one batch, and their total size.

@@ -966,8 +966,7 @@ fn check_task_status_change(
     };
     // No status is no node: a status write can neither bind an unbound
     // task nor unbind a bound one.
-    let node = |t: &pb::Task| t.status.as_ref().map_or(String::new(), |s| s.node.clone());
-    let (old_node, new_node) = (node(current), node(new));
+    let (old_node, new_node) = (current.bound_node(), new.bound_node());
     if new_node != old_node {
         return Err(ApiError::FailedPrecondition(format!(
             "status.node: {key} is on node {old_node:?}; a status write cannot move it to {new_node:?} (bind an unscheduled task instead)"

@@ -166,12 +166,10 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|ns| object.namespace() == ns)
             && object.labels().is_some_and(|l| self.selector.matches(l))
-            && self.bound_to.as_deref().is_none_or(|node| {
-                object
-                    .as_task()
-                    .and_then(|t| t.status.as_ref())
-                    .is_some_and(|s| s.node == node)
-            })
+            && self
+                .bound_to
+                .as_deref()
+                .is_none_or(|node| object.as_task().is_some_and(|t| t.bound_node() == node))
     }
 
     /// The event a change means to this watcher, if any. An object modified

@@ -226,6 +226,11 @@ impl pb::TaskPhase {
 }
 
 impl pb::Task {
+    /// The node the task is bound to, finished or not ("" while unbound).
+    pub fn bound_node(&self) -> &str {
+        self.status.as_ref().map_or("", |s| s.node.as_str())
+    }
+
     /// The node the task holds resources on: bound and not finished.
     pub fn holding_node(&self) -> Option<&str> {
         let status = self.status.as_ref()?;

@@ -9,7 +9,7 @@
 //! serve; a Docker agent: its node's name). Arguments that already carry
 //! `--tls-ca` are left alone (tests that bring their own CA).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -21,7 +21,7 @@ pub struct TestPki {
     _dir: tempfile::TempDir,
     pub pki: Pki,
     /// Certificates issued so far, by file name.
-    issued: Mutex<HashMap<String, ()>>,
+    issued: Mutex<HashSet<String>>,
 }
 
 static PKI: OnceLock<TestPki> = OnceLock::new();
@@ -35,7 +35,7 @@ pub fn enable_tls() -> &'static TestPki {
         let test = TestPki {
             _dir: dir,
             pki,
-            issued: Mutex::new(HashMap::new()),
+            issued: Mutex::new(HashSet::new()),
         };
         test.issue("admin", Identity::new(Role::Admin, "admin"));
         use_tls(
@@ -59,12 +59,12 @@ impl TestPki {
     /// Issues `identity` as FILE.crt/.key once; returns FILE.
     pub fn issue(&self, file: &str, identity: Identity) -> String {
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        if !issued.contains_key(file) {
+        if !issued.contains(file) {
             let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
             self.pki
                 .issue(&identity, Some(file), now, 30)
                 .expect("issue a test certificate");
-            issued.insert(file.to_string(), ());
+            issued.insert(file.to_string());
         }
         file.to_string()
     }

@@ -328,57 +328,24 @@ async fn every_rpc_is_refused_to_roles_without_the_right() {
     let a = &s.address;
     let ca_only = Tls::load(&test.pki.ca_cert(), None).unwrap();
     let team_a = || ["team-a".to_string()];
+    let by_certificate =
+        |name, file, identity| Caller::new(name, a, &tls_of(test, file, identity), None);
     let mut callers = vec![
-        Caller::new(
-            "admin",
-            a,
-            &tls_of(test, "admin", Identity::new(Role::Admin, "admin")),
-            None,
-        ),
-        Caller::new(
-            "viewer",
-            a,
-            &tls_of(test, "v", Identity::new(Role::Viewer, "v")),
-            None,
-        ),
-        Caller::new(
+        by_certificate("admin", "admin", Identity::new(Role::Admin, "admin")),
+        by_certificate("viewer", "v", Identity::new(Role::Viewer, "v")),
+        by_certificate(
             "team-a admin",
-            a,
-            &tls_of(
-                test,
-                "u",
-                Identity::new(Role::Admin, "u").in_namespaces(team_a()),
-            ),
-            None,
+            "u",
+            Identity::new(Role::Admin, "u").in_namespaces(team_a()),
         ),
-        Caller::new(
+        by_certificate(
             "team-a viewer",
-            a,
-            &tls_of(
-                test,
-                "tv",
-                Identity::new(Role::Viewer, "tv").in_namespaces(team_a()),
-            ),
-            None,
+            "tv",
+            Identity::new(Role::Viewer, "tv").in_namespaces(team_a()),
         ),
-        Caller::new(
-            "scheduler",
-            a,
-            &tls_of(test, "s", Identity::new(Role::Scheduler, "s")),
-            None,
-        ),
-        Caller::new(
-            "node n-0",
-            a,
-            &tls_of(test, "n0", Identity::new(Role::Node, "n-0")),
-            None,
-        ),
-        Caller::new(
-            "member",
-            a,
-            &tls_of(test, "m", Identity::new(Role::Apiserver, "m")),
-            None,
-        ),
+        by_certificate("scheduler", "s", Identity::new(Role::Scheduler, "s")),
+        by_certificate("node n-0", "n0", Identity::new(Role::Node, "n-0")),
+        by_certificate("member", "m", Identity::new(Role::Apiserver, "m")),
         Caller::new("team-a viewer by token", a, &ca_only, Some(&token)),
         Caller::new("nobody", a, &ca_only, None),
         Caller::new("unknown token", a, &ca_only, Some("not-a-token")),

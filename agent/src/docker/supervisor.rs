@@ -88,10 +88,7 @@ fn uid_of(object: &pb::Object) -> &str {
 }
 
 fn task_node(object: &pb::Object) -> &str {
-    object
-        .as_task()
-        .and_then(|t| t.status.as_ref())
-        .map_or("", |s| s.node.as_str())
+    object.as_task().map_or("", pb::Task::bound_node)
 }
 
 fn task_phase(object: &pb::Object) -> pb::TaskPhase {

@@ -38,10 +38,8 @@ pub fn run(command: &ConfigCommand, cli: &Cli) -> anyhow::Result<()> {
             crate::say!("{}", crate::output::table(Some(header), rows));
         }
         ConfigCommand::UseContext { name } => {
-            let name = name.clone();
-            if !file.contexts.contains_key(&name) {
-                file.context(Some(&name))?;
-            }
+            // An unknown name is an error that lists the known ones.
+            file.context(Some(name))?;
             file.current_context = Some(name.clone());
             file.write()?;
             crate::say!("Switched to context {name:?}.");
