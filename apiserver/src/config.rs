@@ -105,7 +105,8 @@ pub struct Config {
     pub history_retention: u64,
 
     /// History records also kept in memory, so that watchers that keep up
-    /// never read the disk.
+    /// never read the disk. Records newer than the last checkpoint (which
+    /// stores them) stay in memory whatever this says.
     #[arg(long, env = "BERTH_HISTORY_CACHE", default_value_t = 10_000)]
     pub history_cache: usize,
 

@@ -38,6 +38,9 @@ pub struct WatchHub {
 /// The newest records. Every record with a revision above `floor` is here.
 struct Recent {
     floor: u64,
+    /// Records up to this revision are in storage too; only those may leave
+    /// memory (the rest are stored with the next checkpoint).
+    stored: u64,
     records: VecDeque<Arc<HistoryRecord>>,
 }
 
@@ -49,6 +52,7 @@ impl WatchHub {
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             recent: RwLock::new(Recent {
                 floor,
+                stored: floor,
                 records: VecDeque::new(),
             }),
             compacted: AtomicU64::new(compacted),
@@ -72,13 +76,16 @@ impl WatchHub {
         if !records.is_empty() {
             let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
             recent.records.extend(records);
-            while recent.records.len() > self.capacity {
-                if let Some(evicted) = recent.records.pop_front() {
-                    recent.floor = evicted.revision;
-                }
-            }
+            recent.evict(self.capacity);
         }
         self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// The history up to `revision` is in storage: memory may let it go.
+    pub fn history_stored(&self, revision: u64) {
+        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        recent.stored = recent.stored.max(revision);
+        recent.evict(self.capacity);
     }
 
     /// Replaces everything after a snapshot was installed: the history before
@@ -88,6 +95,7 @@ impl WatchHub {
             let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
             recent.records.clear();
             recent.floor = snapshot.revision;
+            recent.stored = snapshot.revision;
         }
         self.compacted.fetch_max(compacted, Ordering::AcqRel);
         self.snapshot.send_replace(Arc::new(snapshot));
@@ -146,6 +154,22 @@ impl WatchHub {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
+    }
+}
+
+impl Recent {
+    /// Keeps at most `capacity` records, and every record not yet stored.
+    fn evict(&mut self, capacity: usize) {
+        while self.records.len() > capacity
+            && self
+                .records
+                .front()
+                .is_some_and(|r| r.revision <= self.stored)
+        {
+            if let Some(evicted) = self.records.pop_front() {
+                self.floor = evicted.revision;
+            }
+        }
     }
 }
 

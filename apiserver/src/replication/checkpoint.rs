@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
+use berth_proto::internal::HistoryRecord;
 use raft::eraftpb::ConfState;
 
 use super::Input;
@@ -26,7 +27,16 @@ pub struct Job {
     pub checkpoint: Checkpoint,
     /// Raft's configuration as of the checkpoint's index.
     pub conf_state: ConfState,
+    /// The history records since the previous checkpoint, stored with this
+    /// one rather than by the raft loop every turn: the log they are made
+    /// from is durable, so they can wait, and the raft loop writes each
+    /// change once instead of twice.
+    pub history: Vec<Arc<HistoryRecord>>,
 }
+
+/// History records per stored group: small enough that sled keeps a group
+/// inline in its leaf rather than as a blob file of its own.
+const HISTORY_GROUP: usize = 256;
 
 pub struct Checkpointer {
     jobs: mpsc::Sender<Job>,
@@ -77,11 +87,17 @@ impl Checkpointer {
         self.epoch.load(Ordering::Acquire)
     }
 
-    pub fn submit(&self, checkpoint: Checkpoint, conf_state: ConfState) {
+    pub fn submit(
+        &self,
+        checkpoint: Checkpoint,
+        conf_state: ConfState,
+        history: Vec<Arc<HistoryRecord>>,
+    ) {
         let _ = self.jobs.send(Job {
             epoch: self.epoch(),
             checkpoint,
             conf_state,
+            history,
         });
     }
 
@@ -113,12 +129,18 @@ fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), St
     let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
     let segment = job.checkpoint.segment(full);
     let bytes = segment.len();
-    // Three steps, none of which holds sled's global write lock for long
+    // Four steps, none of which holds sled's global write lock for long
     // (an atomic batch does, and the raft loop's writes would wait behind
-    // megabytes of segment): the segment alone, keyed by its index, which
-    // a restart ignores until the bookkeeping reaches it; then that
-    // bookkeeping, small and atomic; then, after a full segment, the
-    // removal of the segments it replaces.
+    // megabytes of segment): the history records, which a restart before
+    // the bookkeeping makes again identical from the log; the segment
+    // alone, keyed by its index, which a restart ignores until the
+    // bookkeeping reaches it; then that bookkeeping, small and atomic; then,
+    // after a full segment, the removal of the segments it replaces.
+    for group in job.history.chunks(HISTORY_GROUP) {
+        let mut batch = WriteBatch::new();
+        batch.put_history(group);
+        storage.write(batch)?;
+    }
     let mut batch = WriteBatch::new();
     job.checkpoint.put_segment(segment, &mut batch);
     storage.write(batch)?;

@@ -189,8 +189,13 @@ pub(crate) struct Node {
     checkpointer: Checkpointer,
     /// Shared with the Replica: who leads, so writes go straight there.
     leader: Arc<std::sync::RwLock<(u64, Option<String>)>>,
-    /// The last revision whose history record is stored.
+    /// The last revision whose history record is stored or queued in
+    /// `unsaved_history`.
     history_stored: u64,
+    /// History records not yet stored: the next checkpoint writes them.
+    /// Until then the log holds what they were made from (a restart replays
+    /// it and makes them again) and the watch hub keeps them in memory.
+    unsaved_history: Vec<Arc<berth_proto::internal::HistoryRecord>>,
 }
 
 impl Node {
@@ -257,6 +262,7 @@ impl Node {
             checkpointer,
             leader,
             history_stored,
+            unsaved_history: Vec::new(),
         })
     }
 
@@ -684,13 +690,9 @@ impl Node {
         }
         self.storage.write(log_batch)?;
 
-        let mut batch = WriteBatch::new();
         let mut records = Vec::new();
         let mut answers = Vec::new();
         self.apply(ready.take_committed_entries(), &mut records, &mut answers)?;
-        self.store_history(&records, &mut batch);
-        let stored = records.len();
-        self.storage.write(batch)?;
         if ready.must_sync() {
             self.storage.flush()?;
         }
@@ -704,7 +706,7 @@ impl Node {
         }
         self.transport.send(light.take_messages());
         self.apply(light.take_committed_entries(), &mut records, &mut answers)?;
-        self.store_history(&records[stored..], &mut batch);
+        self.queue_history(&records);
         // These writes are already safe in the log; flushing them too means
         // the store is quiet once writers hear back (nothing left to settle).
         let settle = !batch.is_empty();
@@ -974,6 +976,8 @@ impl Node {
         );
         self.storage.write(batch)?;
         self.storage.flush()?;
+        // The snapshot replaces the history before it.
+        self.unsaved_history.clear();
         self.hub.reset(self.machine.snapshot(), incoming.revision);
         self.shelf.count_installed();
         tracing::info!(
@@ -1014,15 +1018,14 @@ impl Node {
 
     /// Stores the history records of a batch, except those already stored
     /// (a restart replays entries whose records were written before).
-    fn store_history(
-        &mut self,
-        records: &[Arc<berth_proto::internal::HistoryRecord>],
-        batch: &mut WriteBatch,
-    ) {
+    /// Queues the records not stored yet for the next checkpoint (a restart
+    /// replays the log after the last checkpoint, and makes again records
+    /// that are stored already).
+    fn queue_history(&mut self, records: &[Arc<berth_proto::internal::HistoryRecord>]) {
         let new = records.partition_point(|r| r.revision <= self.history_stored);
         if let Some(last) = records[new..].last() {
-            batch.put_history(&records[new..]);
             self.history_stored = last.revision;
+            self.unsaved_history.extend_from_slice(&records[new..]);
         }
     }
 
@@ -1036,8 +1039,11 @@ impl Node {
             return;
         }
         let checkpoint = self.machine.take_checkpoint();
-        self.checkpointer
-            .submit(checkpoint, self.raw.store().conf_state().clone());
+        self.checkpointer.submit(
+            checkpoint,
+            self.raw.store().conf_state().clone(),
+            std::mem::take(&mut self.unsaved_history),
+        );
         self.checkpoint_running = true;
         self.checkpoint_due = false;
     }
@@ -1050,6 +1056,7 @@ impl Node {
         match error {
             None => {
                 self.checkpointed = self.checkpointed.max(applied);
+                self.hub.history_stored(applied);
                 tracing::debug!(member = self.id, applied, "state checkpointed");
             }
             Some(reason) => self.fail(StorageError::Corrupt(format!(
@@ -1065,6 +1072,7 @@ impl Node {
             epoch: 0,
             checkpoint: self.machine.take_checkpoint(),
             conf_state: self.raw.store().conf_state().clone(),
+            history: std::mem::take(&mut self.unsaved_history),
         };
         checkpoint::write(&self.storage, &job)
     }

@@ -8,6 +8,7 @@ use berth_proto::pb;
 use berth_tests::{Cluster, apply, job};
 use prost::Message;
 
+use crate::cpu::Usage;
 use crate::etcd::{EtcdClient, EtcdCluster};
 use crate::load::{self, Stats};
 
@@ -24,6 +25,9 @@ struct Row {
     name: String,
     writes: Stats,
     reads: Stats,
+    /// CPU microseconds per write and per read.
+    write_cpu: Usage,
+    read_cpu: Usage,
     failovers: Vec<Duration>,
 }
 
@@ -66,6 +70,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 row.writes.errors, row.reads.errors
             );
         }
+    }
+    println!();
+    println!(
+        "{:<14} {:>22} {:>22}",
+        "CPU µs per op", "write: servers+client", "read: servers+client"
+    );
+    for row in &rows {
+        println!(
+            "{:<14} {:>13.0} + {:>6.0} {:>13.0} + {:>6.0}",
+            row.name,
+            row.write_cpu.servers,
+            row.write_cpu.client,
+            row.read_cpu.servers,
+            row.read_cpu.client,
+        );
     }
     if let [berth, etcd] = rows.as_slice() {
         println!(
@@ -116,7 +135,9 @@ async fn berth(options: &Options) -> anyhow::Result<Row> {
     let client = Arc::new(cluster.client());
     apply(&client, job("default", "bench-read", 1)).await?;
 
+    let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
     let c = client.clone();
+    let before = Usage::now(&pids);
     let writes = load::run(options.clients, options.duration, move |client, i| {
         let c = c.clone();
         async move {
@@ -125,7 +146,9 @@ async fn berth(options: &Options) -> anyhow::Result<Row> {
         }
     })
     .await;
+    let write_cpu = Usage::now(&pids).per_op_since(&before, writes.ops);
     let c = client.clone();
+    let before = Usage::now(&pids);
     let reads = load::run(options.clients, options.duration, move |_, _| {
         let c = c.clone();
         async move {
@@ -143,6 +166,7 @@ async fn berth(options: &Options) -> anyhow::Result<Row> {
         }
     })
     .await;
+    let read_cpu = Usage::now(&pids).per_op_since(&before, reads.ops);
 
     let mut failovers = Vec::new();
     for round in 0..options.failovers {
@@ -176,6 +200,8 @@ async fn berth(options: &Options) -> anyhow::Result<Row> {
         ),
         writes,
         reads,
+        write_cpu,
+        read_cpu,
         failovers,
     })
 }
@@ -189,18 +215,23 @@ async fn etcd(options: &Options, value_bytes: usize) -> anyhow::Result<Row> {
     let value = vec![b'x'; value_bytes];
     client.put("bench-read".into(), value.clone()).await?;
 
+    let pids = cluster.pids();
     let (c, v) = (client.clone(), value.clone());
+    let before = Usage::now(&pids);
     let writes = load::run(options.clients, options.duration, move |client, i| {
         let (c, v) = (c.clone(), v.clone());
         async move { c.put(format!("bench/{client}/{i}"), v).await }
     })
     .await;
+    let write_cpu = Usage::now(&pids).per_op_since(&before, writes.ops);
     let c = client.clone();
+    let before = Usage::now(&pids);
     let reads = load::run(options.clients, options.duration, move |_, _| {
         let c = c.clone();
         async move { c.get("bench-read").await }
     })
     .await;
+    let read_cpu = Usage::now(&pids).per_op_since(&before, reads.ops);
 
     let mut failovers = Vec::new();
     for round in 0..options.failovers {
@@ -222,6 +253,8 @@ async fn etcd(options: &Options, value_bytes: usize) -> anyhow::Result<Row> {
         name: format!("etcd 3.4 ({})", options.replicas),
         writes,
         reads,
+        write_cpu,
+        read_cpu,
         failovers,
     })
 }

@@ -32,6 +32,14 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// The running members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Starts `n` members with the given raft timing (milliseconds).
     pub fn start(n: usize, heartbeat_ms: u64, election_ms: u64) -> anyhow::Result<EtcdCluster> {
         which("etcd")?;

@@ -20,6 +20,7 @@
 mod catch_up;
 mod cluster;
 mod containers;
+mod cpu;
 mod etcd;
 mod load;
 mod pack;
