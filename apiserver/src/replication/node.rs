@@ -196,6 +196,10 @@ pub(crate) struct Node {
     /// Until then the log holds what they were made from (a restart replays
     /// it and makes them again) and the watch hub keeps them in memory.
     unsaved_history: Vec<Arc<berth_proto::internal::HistoryRecord>>,
+    /// The records handed to the checkpoint being written, until it is
+    /// done: a clean stop drops a checkpoint still queued, and must store
+    /// them itself.
+    history_in_flight: Vec<Arc<berth_proto::internal::HistoryRecord>>,
 }
 
 impl Node {
@@ -263,6 +267,7 @@ impl Node {
             leader,
             history_stored,
             unsaved_history: Vec::new(),
+            history_in_flight: Vec::new(),
         })
     }
 
@@ -978,6 +983,7 @@ impl Node {
         self.storage.flush()?;
         // The snapshot replaces the history before it.
         self.unsaved_history.clear();
+        self.history_in_flight.clear();
         self.hub.reset(self.machine.snapshot(), incoming.revision);
         self.shelf.count_installed();
         tracing::info!(
@@ -1039,10 +1045,11 @@ impl Node {
             return;
         }
         let checkpoint = self.machine.take_checkpoint();
+        self.history_in_flight = std::mem::take(&mut self.unsaved_history);
         self.checkpointer.submit(
             checkpoint,
             self.raw.store().conf_state().clone(),
-            std::mem::take(&mut self.unsaved_history),
+            self.history_in_flight.clone(),
         );
         self.checkpoint_running = true;
         self.checkpoint_due = false;
@@ -1056,6 +1063,7 @@ impl Node {
         match error {
             None => {
                 self.checkpointed = self.checkpointed.max(applied);
+                self.history_in_flight.clear();
                 self.hub.history_stored(applied);
                 tracing::debug!(member = self.id, applied, "state checkpointed");
             }
@@ -1068,11 +1076,19 @@ impl Node {
     /// A checkpoint written here and now (when stopping cleanly).
     fn checkpoint_now(&mut self) -> Result<(), StorageError> {
         let _exclusive = self.checkpointer.exclusive();
+        // The checkpoint handed over last may have been written, or dropped
+        // from the queue by `exclusive`: its records go again unless stored.
+        let stored = self.storage.last_history_revision()?;
+        let history = std::mem::take(&mut self.history_in_flight)
+            .into_iter()
+            .chain(std::mem::take(&mut self.unsaved_history))
+            .filter(|r| r.revision > stored)
+            .collect();
         let job = checkpoint::Job {
             epoch: 0,
             checkpoint: self.machine.take_checkpoint(),
             conf_state: self.raw.store().conf_state().clone(),
-            history: std::mem::take(&mut self.unsaved_history),
+            history,
         };
         checkpoint::write(&self.storage, &job)
     }
