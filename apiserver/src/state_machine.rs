@@ -100,54 +100,55 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The objects to store — all of them (`full`) or what changed — as an
-    /// encoded `StateSegment`. Encoded field by field from the shared
-    /// objects: a full segment of every object must not copy them all first.
+    /// encoded `StateSegment`.
     pub fn segment(&self, full: bool) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.encode_segment(full, &mut bytes);
+        bytes
+    }
+
+    /// [`Checkpoint::segment`] into `out` (cleared first), so that the
+    /// checkpoint thread can reuse one buffer: a fresh one of megabytes is
+    /// faulted in (and zeroed by the kernel) page by page every time.
+    /// Encoded field by field from the shared objects: a full segment of
+    /// every object must not copy them all first.
+    pub fn encode_segment(&self, full: bool, out: &mut Vec<u8>) {
         use prost::encoding::{bool as pbool, message};
-        // Sized first: a segment of megabytes grown by doubling would be
-        // copied and faulted into fresh memory several times over.
-        let size: usize = if full {
-            2 + self
+        out.clear();
+        if full {
+            // Sized first (full segments are rare and can be the whole
+            // state): grown by doubling, it would be copied and faulted in
+            // several times over.
+            let size = 2 + self
                 .objects
                 .values()
                 .map(|o| message::encoded_len(2, &**o))
-                .sum::<usize>()
-        } else {
-            self.dirty
-                .iter()
-                .map(|key| match self.objects.get(&**key) {
-                    Some(object) => message::encoded_len(2, &**object),
-                    None => message::encoded_len(3, &crate::storage::deleted(key)),
-                })
-                .sum()
-        };
-        let mut bytes = Vec::with_capacity(size);
-        if full {
-            pbool::encode(1, &true, &mut bytes);
+                .sum::<usize>();
+            out.reserve(size);
+            pbool::encode(1, &true, out);
             for object in self.objects.values() {
-                message::encode(2, &**object, &mut bytes);
+                message::encode(2, &**object, out);
             }
-            return bytes;
+            return;
         }
         for key in &self.dirty {
             match self.objects.get(&**key) {
-                Some(object) => message::encode(2, &**object, &mut bytes),
-                None => message::encode(3, &crate::storage::deleted(key), &mut bytes),
+                Some(object) => message::encode(2, &**object, out),
+                None => message::encode(3, &crate::storage::deleted(key), out),
             }
         }
-        bytes
     }
 
     /// Adds the checkpoint to `batch`, which must be written atomically: a
     /// partial checkpoint would match no log index.
-    pub fn write_to(&self, segment: Vec<u8>, batch: &mut WriteBatch) {
+    pub fn write_to(&self, segment: &[u8], batch: &mut WriteBatch) {
         self.put_segment(segment, batch);
         self.put_bookkeeping(batch);
     }
 
     /// The segment alone (ignored by a restart until the bookkeeping
     /// reaches its index).
-    pub fn put_segment(&self, segment: Vec<u8>, batch: &mut WriteBatch) {
+    pub fn put_segment(&self, segment: &[u8], batch: &mut WriteBatch) {
         batch.put_segment(self.applied, segment);
     }
 
@@ -374,7 +375,7 @@ impl StateMachine {
             puts: objects,
             deletes: Vec::new(),
         };
-        batch.put_segment(index, segment.encode_to_vec());
+        batch.put_segment(index, &segment.encode_to_vec());
         let objects = segment.puts;
         self.objects = objects
             .into_iter()
@@ -1449,7 +1450,7 @@ mod tests {
             f.apply(job("api", "default", 2, 100)).unwrap();
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            checkpoint.write_to(checkpoint.segment(true), &mut batch);
+            checkpoint.write_to(&checkpoint.segment(true), &mut batch);
             f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();
             f.machine.snapshot()

@@ -233,22 +233,32 @@ impl WriteBatch {
 
     /// Stores a checkpoint's objects as the segment at `applied`.
     /// Stores a checkpoint's objects (an encoded `StateSegment`) at `applied`.
-    pub fn put_segment(&mut self, applied: u64, segment: Vec<u8>) {
+    pub fn put_segment(&mut self, applied: u64, segment: &[u8]) {
         self.insert(segment_key(applied).to_vec(), segment);
     }
 
     /// Stores history records written together (in revision order).
     pub fn put_history(&mut self, records: &[std::sync::Arc<HistoryRecord>]) {
+        self.put_history_with(records, &mut Vec::new());
+    }
+
+    /// [`WriteBatch::put_history`], encoding in `buffer` (which the caller
+    /// may reuse).
+    pub fn put_history_with(
+        &mut self,
+        records: &[std::sync::Arc<HistoryRecord>],
+        buffer: &mut Vec<u8>,
+    ) {
         let Some(last) = records.last() else {
             return;
         };
         // Encoded as a HistoryGroup field by field, so the records need not
         // be copied into an owned message first.
-        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 6).sum());
+        buffer.clear();
         for record in records {
-            prost::encoding::message::encode(1, &**record, &mut bytes);
+            prost::encoding::message::encode(1, &**record, buffer);
         }
-        self.insert(history_key(last.revision).to_vec(), bytes);
+        self.insert(history_key(last.revision).to_vec(), buffer.as_slice());
     }
 
     pub fn put_revision(&mut self, revision: u64) {
@@ -783,7 +793,7 @@ pub(crate) mod tests {
                 batch.put_revision(revision);
                 batch.put_applied(revision);
             }
-            batch.put_segment(2, segment.encode_to_vec());
+            batch.put_segment(2, &segment.encode_to_vec());
             // A later delta deletes one of them.
             batch.put_segment(
                 3,
@@ -792,7 +802,8 @@ pub(crate) mod tests {
                     puts: vec![],
                     deletes: vec![deleted(&namespace("ns-1", 1).key())],
                 }
-                .encode_to_vec(),
+                .encode_to_vec()
+                .as_slice(),
             );
             // A checkpoint's segment whose bookkeeping a crash cut off:
             // beyond the applied index, ignored.
@@ -803,7 +814,8 @@ pub(crate) mod tests {
                     puts: vec![],
                     deletes: vec![],
                 }
-                .encode_to_vec(),
+                .encode_to_vec()
+                .as_slice(),
             );
             batch.put_history(&records[..2]);
             batch.put_history(&records[2..]);

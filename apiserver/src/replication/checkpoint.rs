@@ -34,6 +34,11 @@ pub struct Job {
     pub history: Vec<Arc<HistoryRecord>>,
 }
 
+/// The most encoding buffer the checkpoint thread keeps between
+/// checkpoints: more than a delta of thousands of objects needs, less than
+/// the full state of a large cluster.
+const KEEP_BUFFER: usize = 16 << 20;
+
 /// History records per stored group: small enough that sled keeps a group
 /// inline in its leaf rather than as a blob file of its own.
 const HISTORY_GROUP: usize = 256;
@@ -58,6 +63,7 @@ impl Checkpointer {
             .name("berth-checkpoint".into())
             .spawn(move || {
                 let mut sizes = Sizes::default();
+                let mut buffer = Vec::new();
                 for job in queue {
                     let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
                     if job.epoch != current.load(Ordering::Acquire) {
@@ -65,7 +71,11 @@ impl Checkpointer {
                         sizes = Sizes::default();
                         continue;
                     }
-                    let result = write_sized(&storage, &job, &mut sizes);
+                    let result = write_sized(&storage, &job, &mut sizes, &mut buffer);
+                    if buffer.capacity() > KEEP_BUFFER {
+                        // A full segment's: let it go.
+                        buffer = Vec::new();
+                    }
                     let done = Input::CheckpointDone {
                         epoch: job.epoch,
                         applied: job.checkpoint.applied,
@@ -122,13 +132,16 @@ struct Sizes {
 /// Writes a full checkpoint atomically and makes it durable.
 pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
     let mut sizes = Sizes::default();
-    write_sized(storage, job, &mut sizes)
+    write_sized(storage, job, &mut sizes, &mut Vec::new())
 }
 
-fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), StorageError> {
+fn write_sized(
+    storage: &Storage,
+    job: &Job,
+    sizes: &mut Sizes,
+    buffer: &mut Vec<u8>,
+) -> Result<(), StorageError> {
     let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
-    let segment = job.checkpoint.segment(full);
-    let bytes = segment.len();
     // Four steps, none of which holds sled's global write lock for long
     // (an atomic batch does, and the raft loop's writes would wait behind
     // megabytes of segment): the history records, which a restart before
@@ -138,11 +151,13 @@ fn write_sized(storage: &Storage, job: &Job, sizes: &mut Sizes) -> Result<(), St
     // after a full segment, the removal of the segments it replaces.
     for group in job.history.chunks(HISTORY_GROUP) {
         let mut batch = WriteBatch::new();
-        batch.put_history(group);
+        batch.put_history_with(group, buffer);
         storage.write(batch)?;
     }
+    job.checkpoint.encode_segment(full, buffer);
+    let bytes = buffer.len();
     let mut batch = WriteBatch::new();
-    job.checkpoint.put_segment(segment, &mut batch);
+    job.checkpoint.put_segment(buffer, &mut batch);
     storage.write(batch)?;
     let mut batch = WriteBatch::new();
     job.checkpoint.put_bookkeeping(&mut batch);
