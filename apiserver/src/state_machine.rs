@@ -17,7 +17,7 @@
 //! the per-write cost of the store to the log append alone.
 
 use prost::Message as _;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use berth_proto::internal::{
@@ -78,15 +78,31 @@ impl Applied {
 
 pub struct StateMachine {
     objects: ObjectMap,
+    /// The same objects by key, for the point lookups of applying: an
+    /// ordered map's lookup compares a dozen keys string by string, this
+    /// hashes one. `objects` stays the source of snapshots and scans.
+    index: ObjectIndex,
     /// The log index of the last change.
     revision: u64,
     /// The last log index applied, whether it changed anything or not.
     applied: u64,
     membership: Arc<Membership>,
     /// Objects changed since the last checkpoint.
-    dirty: HashSet<Arc<ObjectKey>>,
+    dirty: HashSet<Arc<ObjectKey>, FastHash>,
     /// What every node promised its tasks (derived from the tasks).
     allocations: Allocations,
+}
+
+/// Hashing for keys of the state machine's own maps (seeded per process).
+type FastHash = foldhash::fast::RandomState;
+
+type ObjectIndex = HashMap<Arc<ObjectKey>, Arc<pb::Object>, FastHash>;
+
+fn index_of(objects: &ObjectMap) -> ObjectIndex {
+    objects
+        .iter()
+        .map(|(key, object)| (key.clone(), object.clone()))
+        .collect()
 }
 
 /// The state machine's changes since the previous checkpoint.
@@ -95,7 +111,10 @@ pub struct Checkpoint {
     pub revision: u64,
     pub members: berth_proto::internal::Members,
     objects: ObjectMap,
-    dirty: Vec<Arc<ObjectKey>>,
+    /// What changed, as of `applied`: the object, or `None` if deleted
+    /// (looked up by the raft loop in its hash index, which is cheaper than
+    /// the ordered map the checkpoint thread would search).
+    dirty: Vec<(Arc<ObjectKey>, Option<Arc<pb::Object>>)>,
 }
 
 impl Checkpoint {
@@ -131,8 +150,8 @@ impl Checkpoint {
             }
             return;
         }
-        for key in &self.dirty {
-            match self.objects.get(&**key) {
+        for (key, object) in &self.dirty {
+            match object {
                 Some(object) => message::encode(2, &**object, out),
                 None => message::encode(3, &crate::storage::deleted(key), out),
             }
@@ -181,11 +200,12 @@ impl StateMachine {
             .collect();
         StateMachine {
             allocations: Allocations::build(objects.iter()),
+            index: index_of(&objects),
             objects,
             revision: loaded.revision,
             applied: loaded.applied,
             membership: Arc::new(Membership::from_record(&loaded.members, conf_state)),
-            dirty: HashSet::new(),
+            dirty: HashSet::default(),
         }
     }
 
@@ -204,7 +224,12 @@ impl StateMachine {
     }
 
     pub fn contains(&self, key: &ObjectKey) -> bool {
-        self.objects.contains_key(key)
+        self.index.contains_key(key)
+    }
+
+    /// The current object at `key`.
+    fn get(&self, key: &ObjectKey) -> Option<&Arc<pb::Object>> {
+        self.index.get(key)
     }
 
     /// A view of the current objects.
@@ -292,6 +317,7 @@ impl StateMachine {
     fn commit(&mut self, plan: Plan, changes: &mut Vec<Change>) {
         for key in plan.deletes {
             let key = Arc::new(key);
+            self.index.remove(&key);
             if let Some(old) = self.objects.remove(&key) {
                 self.allocations.account(&key, Some(&old), None);
             }
@@ -299,6 +325,7 @@ impl StateMachine {
         }
         for object in plan.puts {
             let key = Arc::new(object.key());
+            self.index.insert(key.clone(), object.clone());
             let old = self.objects.insert(key.clone(), object.clone());
             self.allocations
                 .account(&key, old.as_deref(), Some(&object));
@@ -355,7 +382,14 @@ impl StateMachine {
             revision: self.revision,
             members: self.membership.to_record(),
             objects: self.objects.clone(),
-            dirty: self.dirty.drain().collect(),
+            dirty: self
+                .dirty
+                .drain()
+                .map(|key| {
+                    let object = self.index.get(&key).cloned();
+                    (key, object)
+                })
+                .collect(),
         }
     }
 
@@ -381,6 +415,7 @@ impl StateMachine {
             .into_iter()
             .map(|o| (Arc::new(o.key()), Arc::new(o)))
             .collect();
+        self.index = index_of(&self.objects);
         self.allocations = Allocations::build(self.objects.iter());
         self.revision = revision;
         self.applied = index;
@@ -405,7 +440,7 @@ impl StateMachine {
         let key = request.key();
         self.require_namespace(&key)?;
         let expected = request.resource_version();
-        let current = self.objects.get(&key);
+        let current = self.get(&key);
 
         let new = match current {
             None => {
@@ -449,7 +484,6 @@ impl StateMachine {
             .ok_or_else(|| ApiError::InvalidArgument("object: required".into()))?;
         let key = request.key();
         let current = self
-            .objects
             .get(&key)
             .ok_or_else(|| ApiError::NotFound(key.clone()))?;
         check_preconditions(current, request)?;
@@ -471,7 +505,7 @@ impl StateMachine {
                 .map(|a| a.tasks.clone())
                 .unwrap_or_default();
             for task_key in bound {
-                let Some(task) = self.objects.get(&task_key) else {
+                let Some(task) = self.get(&task_key) else {
                     continue;
                 };
                 let mut gone = (**task).clone();
@@ -493,7 +527,6 @@ impl StateMachine {
     fn plan_bind(&self, index: u64, op: &BindOp) -> Result<Plan, ApiError> {
         let key = ObjectKey::new(pb::Kind::Task, op.namespace.clone(), op.task.clone());
         let current = self
-            .objects
             .get(&key)
             .ok_or_else(|| ApiError::NotFound(key.clone()))?;
         if op.resource_version != 0 && op.resource_version != current.resource_version() {
@@ -536,7 +569,6 @@ impl StateMachine {
     ) -> Result<(), ApiError> {
         let node_key = ObjectKey::new(pb::Kind::Node, "", node_name);
         let node = self
-            .objects
             .get(&node_key)
             .and_then(|o| o.as_node())
             .ok_or_else(|| ApiError::NotFound(node_key.clone()))?;
@@ -568,7 +600,6 @@ impl StateMachine {
         let kind = pb::Kind::try_from(op.kind).unwrap_or(pb::Kind::Unspecified);
         let key = ObjectKey::new(kind, op.namespace.clone(), op.name.clone());
         let current = self
-            .objects
             .get(&key)
             .ok_or_else(|| ApiError::NotFound(key.clone()))?;
         if op.resource_version != 0 && op.resource_version != current.resource_version() {
@@ -617,7 +648,7 @@ impl StateMachine {
 
     fn require_namespace(&self, key: &ObjectKey) -> Result<(), ApiError> {
         if key.kind.is_namespaced()
-            && !self.objects.contains_key(&ObjectKey::new(
+            && !self.contains(&ObjectKey::new(
                 pb::Kind::Namespace,
                 "",
                 key.namespace.clone(),
@@ -667,7 +698,7 @@ impl StateMachine {
             Some(Body::Task(task)) => {
                 let job = task.spec.as_ref().map_or("", |s| s.job.as_str());
                 let job_key = ObjectKey::new(pb::Kind::Job, new.namespace(), job);
-                if self.objects.contains_key(&job_key) {
+                if self.contains(&job_key) {
                     Ok(())
                 } else {
                     Err(ApiError::FailedPrecondition(format!(
@@ -688,13 +719,10 @@ impl StateMachine {
             return Ok(());
         };
         let namespace_key = ObjectKey::new(pb::Kind::Namespace, "", meta.namespace.clone());
-        let limits = match self
-            .objects
-            .get(&namespace_key)
-            .and_then(|o| match &o.kind {
-                Some(Body::Namespace(ns)) => ns.spec.as_ref().and_then(|s| s.quota.clone()),
-                _ => None,
-            }) {
+        let limits = match self.get(&namespace_key).and_then(|o| match &o.kind {
+            Some(Body::Namespace(ns)) => ns.spec.as_ref().and_then(|s| s.quota.clone()),
+            _ => None,
+        }) {
             None => return Ok(()),
             Some(quota) => match spec.tier() {
                 pb::Tier::Prod => quota.prod,
