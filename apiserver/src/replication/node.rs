@@ -230,6 +230,9 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // The proposals of one turn reach a follower as one append (and
+            // one answer), not one append per proposal.
+            batch_append: true,
             max_uncommitted_size: 256 * 1024 * 1024,
             ..Default::default()
         };
