@@ -21,14 +21,31 @@ pub struct Options {
     pub tls: bool,
 }
 
+/// Rounds of alternating measurements when comparing with etcd.
+const ROUNDS: u32 = 4;
+
+/// One system's figures, summed over rounds.
 struct Row {
     name: String,
     writes: Stats,
     reads: Stats,
-    /// CPU microseconds per write and per read.
+    /// CPU seconds during the writes and during the reads.
     write_cpu: Usage,
     read_cpu: Usage,
     failovers: Vec<Duration>,
+}
+
+impl Row {
+    fn new(name: String) -> Row {
+        Row {
+            name,
+            writes: Stats::empty(),
+            reads: Stats::empty(),
+            write_cpu: Usage::default(),
+            read_cpu: Usage::default(),
+            failovers: Vec::new(),
+        }
+    }
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -38,11 +55,43 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "{} replicas on this machine, {} clients, {:?} per measurement, writes of {value_bytes}-byte objects",
         options.replicas, options.clients, options.duration
     );
-    let mut rows = vec![berth(&options).await?];
-    if options.etcd {
-        rows.push(etcd(&options, value_bytes).await?);
+    let mut berth = Berth::start(&options).await?;
+    let mut etcd = match options.etcd {
+        true => Some(Etcd::start(&options, value_bytes).await?),
+        false => None,
+    };
+    // Both systems run side by side and are measured in alternating rounds:
+    // the speed of a shared virtual machine drifts by tens of percent within
+    // a minute, and a ratio of two measurements taken one after the other
+    // would mostly measure that drift.
+    let rounds = if etcd.is_some() { ROUNDS } else { 1 };
+    let slice = options.duration / rounds;
+    for round in 0..rounds {
+        berth.writes(options.clients, slice, round).await;
+        if let Some(etcd) = &mut etcd {
+            etcd.writes(options.clients, slice, round).await;
+        }
+    }
+    for _ in 0..rounds {
+        berth.reads(options.clients, slice).await;
+        if let Some(etcd) = &mut etcd {
+            etcd.reads(options.clients, slice).await;
+        }
+    }
+    berth.failovers(options.failovers).await;
+    if let Some(etcd) = &mut etcd {
+        etcd.failovers(options.failovers).await?;
+    }
+    let mut rows = vec![berth.row];
+    if let Some(etcd) = etcd {
+        rows.push(etcd.row);
     }
     println!();
+    if rounds > 1 {
+        println!(
+            "({rounds} alternating rounds of {slice:?} each for writes and for reads; failovers one system after the other)"
+        );
+    }
     println!(
         "{:<14} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8}   failover (kill -9 leader → first acknowledged write)",
         "system", "writes/s", "p50 ms", "p99 ms", "reads/s", "p50 ms", "p99 ms"
@@ -77,13 +126,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "CPU µs per op", "write: servers+client", "read: servers+client"
     );
     for row in &rows {
+        let (write, read) = (
+            row.write_cpu.per_op(row.writes.ops),
+            row.read_cpu.per_op(row.reads.ops),
+        );
         println!(
             "{:<14} {:>13.0} + {:>6.0} {:>13.0} + {:>6.0}",
-            row.name,
-            row.write_cpu.servers,
-            row.write_cpu.client,
-            row.read_cpu.servers,
-            row.read_cpu.client,
+            row.name, write.servers, write.client, read.servers, read.client,
         );
     }
     if let [berth, etcd] = rows.as_slice() {
@@ -122,139 +171,178 @@ fn tls_for_the_run(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     ])
 }
 
-async fn berth(options: &Options) -> anyhow::Result<Row> {
-    let pki_dir = tempfile::tempdir()?;
-    let args = if options.tls {
-        tls_for_the_run(pki_dir.path())?
-    } else {
-        Vec::new()
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(options.replicas, &args);
-    cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let client = Arc::new(cluster.client());
-    apply(&client, job("default", "bench-read", 1)).await?;
+struct Berth {
+    cluster: Cluster,
+    client: Arc<berth_proto::connect::BerthClient>,
+    pids: Vec<u32>,
+    row: Row,
+    _pki_dir: tempfile::TempDir,
+}
 
-    let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
-    let c = client.clone();
-    let before = Usage::now(&pids);
-    let writes = load::run(options.clients, options.duration, move |client, i| {
-        let c = c.clone();
-        async move {
-            apply(&c, job("default", &format!("bench-{client}-{i}"), 1)).await?;
-            Ok(())
-        }
-    })
-    .await;
-    let write_cpu = Usage::now(&pids).per_op_since(&before, writes.ops);
-    let c = client.clone();
-    let before = Usage::now(&pids);
-    let reads = load::run(options.clients, options.duration, move |_, _| {
-        let c = c.clone();
-        async move {
-            c.call(|mut k| async move {
-                k.get(pb::GetRequest {
-                    kind: pb::Kind::Job as i32,
-                    namespace: "default".into(),
-                    name: "bench-read".into(),
-                    stale: false,
-                })
-                .await
-            })
-            .await?;
-            Ok(())
-        }
-    })
-    .await;
-    let read_cpu = Usage::now(&pids).per_op_since(&before, reads.ops);
-
-    let mut failovers = Vec::new();
-    for round in 0..options.failovers {
-        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-        let c = client.clone();
-        let member = cluster.member(leader);
-        let took = load::failover(
-            8,
-            || member.kill9(),
-            move |client, i| {
-                let c = c.clone();
-                async move {
-                    apply(
-                        &c,
-                        job("default", &format!("failover-{round}-{client}-{i}"), 1),
-                    )
-                    .await?;
-                    Ok(())
-                }
-            },
-        )
-        .await;
-        failovers.push(took);
-        cluster.member(leader).restart();
-    }
-    Ok(Row {
-        name: format!(
+impl Berth {
+    async fn start(options: &Options) -> anyhow::Result<Berth> {
+        let pki_dir = tempfile::tempdir()?;
+        let args = if options.tls {
+            tls_for_the_run(pki_dir.path())?
+        } else {
+            Vec::new()
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cluster = Cluster::start(options.replicas, &args);
+        cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let client = Arc::new(cluster.client());
+        apply(&client, job("default", "bench-read", 1)).await?;
+        let pids = cluster.members.iter().filter_map(|m| m.pid()).collect();
+        let name = format!(
             "berth ({}){}",
             options.replicas,
             if options.tls { " mTLS" } else { "" }
-        ),
-        writes,
-        reads,
-        write_cpu,
-        read_cpu,
-        failovers,
-    })
+        );
+        Ok(Berth {
+            cluster,
+            client,
+            pids,
+            row: Row::new(name),
+            _pki_dir: pki_dir,
+        })
+    }
+
+    async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
+        let c = self.client.clone();
+        let before = Usage::now(&self.pids);
+        let stats = load::run(clients, duration, move |client, i| {
+            let c = c.clone();
+            async move {
+                let name = format!("bench-{round}-{client}-{i}");
+                apply(&c, job("default", &name, 1)).await?;
+                Ok(())
+            }
+        })
+        .await;
+        self.row
+            .write_cpu
+            .add(Usage::now(&self.pids).since(&before));
+        self.row.writes.merge(stats);
+    }
+
+    async fn reads(&mut self, clients: usize, duration: Duration) {
+        let c = self.client.clone();
+        let before = Usage::now(&self.pids);
+        let stats = load::run(clients, duration, move |_, _| {
+            let c = c.clone();
+            async move {
+                c.call(|mut k| async move {
+                    k.get(pb::GetRequest {
+                        kind: pb::Kind::Job as i32,
+                        namespace: "default".into(),
+                        name: "bench-read".into(),
+                        stale: false,
+                    })
+                    .await
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await;
+        self.row.read_cpu.add(Usage::now(&self.pids).since(&before));
+        self.row.reads.merge(stats);
+    }
+
+    async fn failovers(&mut self, count: usize) {
+        for round in 0..count {
+            let leader = self.cluster.wait_for_leader(Duration::from_secs(20)).await;
+            let c = self.client.clone();
+            let member = self.cluster.member(leader);
+            let took = load::failover(
+                8,
+                || member.kill9(),
+                move |client, i| {
+                    let c = c.clone();
+                    async move {
+                        let name = format!("failover-{round}-{client}-{i}");
+                        apply(&c, job("default", &name, 1)).await?;
+                        Ok(())
+                    }
+                },
+            )
+            .await;
+            self.row.failovers.push(took);
+            self.cluster.member(leader).restart();
+        }
+    }
 }
 
-async fn etcd(options: &Options, value_bytes: usize) -> anyhow::Result<Row> {
-    // The election timeout of Berth's defaults (400 ms); etcd wants a heartbeat
-    // of at most a fifth of it.
-    let mut cluster = EtcdCluster::start(options.replicas as usize, 80, 400)?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    let client = Arc::new(EtcdClient::new(&cluster.endpoints())?);
-    let value = vec![b'x'; value_bytes];
-    client.put("bench-read".into(), value.clone()).await?;
+struct Etcd {
+    cluster: EtcdCluster,
+    client: Arc<EtcdClient>,
+    value: Vec<u8>,
+    row: Row,
+}
 
-    let pids = cluster.pids();
-    let (c, v) = (client.clone(), value.clone());
-    let before = Usage::now(&pids);
-    let writes = load::run(options.clients, options.duration, move |client, i| {
-        let (c, v) = (c.clone(), v.clone());
-        async move { c.put(format!("bench/{client}/{i}"), v).await }
-    })
-    .await;
-    let write_cpu = Usage::now(&pids).per_op_since(&before, writes.ops);
-    let c = client.clone();
-    let before = Usage::now(&pids);
-    let reads = load::run(options.clients, options.duration, move |_, _| {
-        let c = c.clone();
-        async move { c.get("bench-read").await }
-    })
-    .await;
-    let read_cpu = Usage::now(&pids).per_op_since(&before, reads.ops);
-
-    let mut failovers = Vec::new();
-    for round in 0..options.failovers {
-        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let (c, v) = (client.clone(), value.clone());
-        let took = load::failover(
-            8,
-            || cluster.kill9(leader),
-            move |client, i| {
-                let (c, v) = (c.clone(), v.clone());
-                async move { c.put(format!("failover/{round}/{client}/{i}"), v).await }
-            },
-        )
-        .await;
-        failovers.push(took);
-        cluster.restart(leader)?;
+impl Etcd {
+    async fn start(options: &Options, value_bytes: usize) -> anyhow::Result<Etcd> {
+        // The election timeout of Berth's defaults (400 ms); etcd wants a
+        // heartbeat of at most a fifth of it.
+        let cluster = EtcdCluster::start(options.replicas as usize, 80, 400)?;
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        let client = Arc::new(EtcdClient::new(&cluster.endpoints())?);
+        let value = vec![b'x'; value_bytes];
+        client.put("bench-read".into(), value.clone()).await?;
+        Ok(Etcd {
+            cluster,
+            client,
+            value,
+            row: Row::new(format!("etcd 3.4 ({})", options.replicas)),
+        })
     }
-    Ok(Row {
-        name: format!("etcd 3.4 ({})", options.replicas),
-        writes,
-        reads,
-        write_cpu,
-        read_cpu,
-        failovers,
-    })
+
+    async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
+        let (c, v) = (self.client.clone(), self.value.clone());
+        let pids = self.cluster.pids();
+        let before = Usage::now(&pids);
+        let stats = load::run(clients, duration, move |client, i| {
+            let (c, v) = (c.clone(), v.clone());
+            async move { c.put(format!("bench/{round}/{client}/{i}"), v).await }
+        })
+        .await;
+        self.row.write_cpu.add(Usage::now(&pids).since(&before));
+        self.row.writes.merge(stats);
+    }
+
+    async fn reads(&mut self, clients: usize, duration: Duration) {
+        let c = self.client.clone();
+        let pids = self.cluster.pids();
+        let before = Usage::now(&pids);
+        let stats = load::run(clients, duration, move |_, _| {
+            let c = c.clone();
+            async move { c.get("bench-read").await }
+        })
+        .await;
+        self.row.read_cpu.add(Usage::now(&pids).since(&before));
+        self.row.reads.merge(stats);
+    }
+
+    async fn failovers(&mut self, count: usize) -> anyhow::Result<()> {
+        for round in 0..count {
+            let leader = self
+                .cluster
+                .wait_for_leader(Duration::from_secs(30))
+                .await?;
+            let (c, v) = (self.client.clone(), self.value.clone());
+            let cluster = &mut self.cluster;
+            let took = load::failover(
+                8,
+                || cluster.kill9(leader),
+                move |client, i| {
+                    let (c, v) = (c.clone(), v.clone());
+                    async move { c.put(format!("failover/{round}/{client}/{i}"), v).await }
+                },
+            )
+            .await;
+            self.row.failovers.push(took);
+            self.cluster.restart(leader)?;
+        }
+        Ok(())
+    }
 }

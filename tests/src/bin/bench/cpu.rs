@@ -22,12 +22,25 @@ impl Usage {
         }
     }
 
-    /// CPU microseconds per operation from `earlier` to `self`.
-    pub fn per_op_since(&self, earlier: &Usage, ops: usize) -> Usage {
-        let per = |a: f64, b: f64| (a - b) * 1e6 / ops.max(1) as f64;
+    /// CPU seconds used from `earlier` to `self`.
+    pub fn since(&self, earlier: &Usage) -> Usage {
         Usage {
-            servers: per(self.servers, earlier.servers),
-            client: per(self.client, earlier.client),
+            servers: self.servers - earlier.servers,
+            client: self.client - earlier.client,
+        }
+    }
+
+    pub fn add(&mut self, other: Usage) {
+        self.servers += other.servers;
+        self.client += other.client;
+    }
+
+    /// In CPU microseconds per operation, for `ops` operations.
+    pub fn per_op(&self, ops: usize) -> Usage {
+        let per = |seconds: f64| seconds * 1e6 / ops.max(1) as f64;
+        Usage {
+            servers: per(self.servers),
+            client: per(self.client),
         }
     }
 }
@@ -62,7 +75,7 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         std::hint::black_box(x);
-        let used = Usage::now(&[]).per_op_since(&before, 1);
+        let used = Usage::now(&[]).since(&before).per_op(1);
         assert!(used.client > 50_000.0, "{used:?}");
         assert_eq!(used.servers, 0.0);
     }

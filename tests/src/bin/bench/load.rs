@@ -15,7 +15,30 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Nothing measured yet.
+    pub fn empty() -> Stats {
+        Stats {
+            ops: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Adds a run measured after this one: throughput over both, latencies
+    /// of both.
+    pub fn merge(&mut self, other: Stats) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+    }
+
     pub fn per_second(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            return 0.0;
+        }
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
