@@ -280,3 +280,51 @@ pub async fn run_watcher(
         bookmarks.reset();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(revision: u64) -> Arc<HistoryRecord> {
+        Arc::new(HistoryRecord {
+            revision,
+            changes: Vec::new(),
+        })
+    }
+
+    fn at(revision: u64) -> Snapshot {
+        Snapshot {
+            revision,
+            applied: revision,
+            ..Default::default()
+        }
+    }
+
+    fn revisions(records: &[Arc<HistoryRecord>]) -> Vec<u64> {
+        records.iter().map(|r| r.revision).collect()
+    }
+
+    /// Records the last checkpoint has not stored yet exist nowhere but in
+    /// memory: however small the cache, they stay until stored.
+    #[test]
+    fn memory_keeps_every_record_not_yet_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let hub = WatchHub::new(storage.clone(), at(0), 0, 2);
+        for revision in 1..=5 {
+            hub.publish(at(revision), vec![record(revision)]);
+        }
+        // Nothing stored: all five are still served from memory.
+        assert_eq!(revisions(&hub.records_after(0).unwrap()), [1, 2, 3, 4, 5]);
+
+        // A checkpoint stored 1..=4: memory may keep only the cache's two.
+        let mut batch = crate::storage::WriteBatch::new();
+        batch.put_history(&(1..=4).map(record).collect::<Vec<_>>());
+        storage.write(batch).unwrap();
+        hub.history_stored(4);
+        assert_eq!(hub.recent.read().unwrap().records.len(), 2);
+        // Older revisions come from disk, still every one in order.
+        assert_eq!(revisions(&hub.records_after(0).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(revisions(&hub.records_after(3).unwrap()), [4, 5]);
+    }
+}
