@@ -91,6 +91,9 @@ pub struct StateMachine {
     dirty: HashSet<Arc<ObjectKey>, FastHash>,
     /// What every node promised its tasks (derived from the tasks).
     allocations: Allocations,
+    /// What the jobs of each namespace and tier ask for (derived from the
+    /// jobs), so that a quota check does not add up every job per write.
+    demands: JobDemands,
 }
 
 /// Hashing for keys of the state machine's own maps (seeded per process).
@@ -200,6 +203,7 @@ impl StateMachine {
             .collect();
         StateMachine {
             allocations: Allocations::build(objects.iter()),
+            demands: JobDemands::build(objects.values()),
             index: index_of(&objects),
             objects,
             revision: loaded.revision,
@@ -320,6 +324,7 @@ impl StateMachine {
             self.index.remove(&key);
             if let Some(old) = self.objects.remove(&key) {
                 self.allocations.account(&key, Some(&old), None);
+                self.demands.account(Some(&old), None);
             }
             self.dirty.insert(key);
         }
@@ -329,6 +334,7 @@ impl StateMachine {
             let old = self.objects.insert(key.clone(), object.clone());
             self.allocations
                 .account(&key, old.as_deref(), Some(&object));
+            self.demands.account(old.as_deref(), Some(&object));
             self.dirty.insert(key);
         }
         changes.extend(plan.changes);
@@ -417,6 +423,7 @@ impl StateMachine {
             .collect();
         self.index = index_of(&self.objects);
         self.allocations = Allocations::build(self.objects.iter());
+        self.demands = JobDemands::build(self.objects.values());
         self.revision = revision;
         self.applied = index;
         batch.put_revision(revision);
@@ -739,15 +746,10 @@ impl StateMachine {
             .filter(|o| o.spec.as_ref().is_some_and(|s| s.tier() == tier))
             .map(Demand::of)
             .unwrap_or_default();
-        let mut others = Demand::default();
-        for other in state::scan(&self.objects, pb::Kind::Job, Some(&meta.namespace)) {
-            if let Some(Body::Job(other)) = &other.kind
-                && other.metadata.as_ref().is_some_and(|m| m.name != meta.name)
-                && other.spec.as_ref().is_some_and(|s| s.tier() == tier)
-            {
-                others.add(&Demand::of(other));
-            }
-        }
+        // The job's stored version is `old`: every other job of the tier
+        // is the total less what `old` counts for in it.
+        let mut others = self.demands.total(&meta.namespace, tier);
+        others.subtract(&before);
         let tier_name = match tier {
             pb::Tier::Prod => "prod",
             _ => "batch",
@@ -856,7 +858,7 @@ impl QuotaLine<'_> {
 
 /// Total requests of a job: replicas × per-task resources. Wide integers,
 /// so that no sum of valid jobs can overflow.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Demand {
     cpu: i128,
     memory: i128,
@@ -889,6 +891,58 @@ impl Demand {
         for (k, v) in &other.extended {
             *self.extended.entry(k.clone()).or_default() += v;
         }
+    }
+
+    fn subtract(&mut self, other: &Demand) {
+        self.cpu -= other.cpu;
+        self.memory -= other.memory;
+        for (k, v) in &other.extended {
+            *self.extended.entry(k.clone()).or_default() -= v;
+        }
+    }
+}
+
+/// The summed [`Demand`] of the jobs of each namespace and tier, kept up to
+/// date as jobs change.
+#[derive(Default)]
+struct JobDemands {
+    totals: HashMap<(String, pb::Tier), Demand, FastHash>,
+}
+
+impl JobDemands {
+    fn build<'a>(objects: impl Iterator<Item = &'a Arc<pb::Object>>) -> JobDemands {
+        let mut demands = JobDemands::default();
+        for object in objects {
+            demands.account(None, Some(object));
+        }
+        demands
+    }
+
+    /// `old` is replaced by `new` (either may be absent).
+    fn account(&mut self, old: Option<&pb::Object>, new: Option<&pb::Object>) {
+        if let Some((namespace, tier, job)) = old.and_then(Self::job_of) {
+            let total = self.totals.entry((namespace, tier)).or_default();
+            total.subtract(&Demand::of(job));
+        }
+        if let Some((namespace, tier, job)) = new.and_then(Self::job_of) {
+            let total = self.totals.entry((namespace, tier)).or_default();
+            total.add(&Demand::of(job));
+        }
+    }
+
+    fn job_of(object: &pb::Object) -> Option<(String, pb::Tier, &pb::Job)> {
+        let Some(Body::Job(job)) = &object.kind else {
+            return None;
+        };
+        let tier = job.spec.as_ref()?.tier();
+        Some((object.namespace().to_string(), tier, job))
+    }
+
+    fn total(&self, namespace: &str, tier: pb::Tier) -> Demand {
+        self.totals
+            .get(&(namespace.to_string(), tier))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -1416,6 +1470,31 @@ mod tests {
             f.machine.revision(),
             1,
             "a rejected write takes no revision"
+        );
+    }
+
+    #[test]
+    fn quota_use_follows_deletes_and_tier_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        f.apply(namespace("team-a", Some(1000))).unwrap();
+        f.apply(job("a", "team-a", 3, 300)).unwrap();
+        let err = f.apply(job("b", "team-a", 1, 300)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        // A deleted job's share is free again.
+        f.delete(pb::Kind::Job, "team-a", "a").unwrap();
+        f.apply(job("b", "team-a", 3, 300)).unwrap();
+        // A job moved to batch (which has no quota here) leaves prod's use.
+        let mut batch = job("b", "team-a", 3, 300);
+        if let Some(Body::Job(j)) = &mut batch.kind {
+            j.spec.as_mut().unwrap().tier = pb::Tier::Batch as i32;
+        }
+        f.apply(batch).unwrap();
+        f.apply(job("c", "team-a", 3, 300)).unwrap();
+        let err = f.apply(job("d", "team-a", 1, 300)).unwrap_err();
+        assert!(
+            err.to_string().contains("other prod jobs use 900m"),
+            "{err}"
         );
     }
 
