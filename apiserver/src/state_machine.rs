@@ -161,13 +161,6 @@ impl Checkpoint {
         }
     }
 
-    /// Adds the checkpoint to `batch`, which must be written atomically: a
-    /// partial checkpoint would match no log index.
-    pub fn write_to(&self, segment: &[u8], batch: &mut WriteBatch) {
-        self.put_segment(segment, batch);
-        self.put_bookkeeping(batch);
-    }
-
     /// The segment alone (ignored by a restart until the bookkeeping
     /// reaches its index).
     pub fn put_segment(&self, segment: &[u8], batch: &mut WriteBatch) {
@@ -906,7 +899,7 @@ impl Demand {
 /// date as jobs change.
 #[derive(Default)]
 struct JobDemands {
-    totals: HashMap<(String, pb::Tier), Demand, FastHash>,
+    by_namespace: HashMap<String, BTreeMap<pb::Tier, Demand>, FastHash>,
 }
 
 impl JobDemands {
@@ -920,30 +913,41 @@ impl JobDemands {
 
     /// `old` is replaced by `new` (either may be absent).
     fn account(&mut self, old: Option<&pb::Object>, new: Option<&pb::Object>) {
-        if let Some((namespace, tier, job)) = old.and_then(Self::job_of) {
-            let total = self.totals.entry((namespace, tier)).or_default();
-            total.subtract(&Demand::of(job));
+        if let Some((namespace, tier, job)) = old.and_then(job_of) {
+            self.adjust(namespace, tier, |total| total.subtract(&Demand::of(job)));
         }
-        if let Some((namespace, tier, job)) = new.and_then(Self::job_of) {
-            let total = self.totals.entry((namespace, tier)).or_default();
-            total.add(&Demand::of(job));
+        if let Some((namespace, tier, job)) = new.and_then(job_of) {
+            self.adjust(namespace, tier, |total| total.add(&Demand::of(job)));
         }
     }
 
-    fn job_of(object: &pb::Object) -> Option<(String, pb::Tier, &pb::Job)> {
-        let Some(Body::Job(job)) = &object.kind else {
-            return None;
-        };
-        let tier = job.spec.as_ref()?.tier();
-        Some((object.namespace().to_string(), tier, job))
+    fn adjust(&mut self, namespace: &str, tier: pb::Tier, change: impl FnOnce(&mut Demand)) {
+        // Looked up by `&str` first: a write in a known namespace (almost
+        // every one) allocates nothing.
+        if let Some(tiers) = self.by_namespace.get_mut(namespace) {
+            return change(tiers.entry(tier).or_default());
+        }
+        let mut tiers = BTreeMap::new();
+        change(tiers.entry(tier).or_default());
+        self.by_namespace.insert(namespace.to_string(), tiers);
     }
 
     fn total(&self, namespace: &str, tier: pb::Tier) -> Demand {
-        self.totals
-            .get(&(namespace.to_string(), tier))
+        self.by_namespace
+            .get(namespace)
+            .and_then(|tiers| tiers.get(&tier))
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// A job's namespace and tier, if `object` is a job with a spec.
+fn job_of(object: &pb::Object) -> Option<(&str, pb::Tier, &pb::Job)> {
+    let Some(Body::Job(job)) = &object.kind else {
+        return None;
+    };
+    let tier = job.spec.as_ref()?.tier();
+    Some((object.namespace(), tier, job))
 }
 
 fn metadata_of(object: &mut pb::Object) -> Result<&mut pb::ObjectMeta, ApiError> {
@@ -1557,7 +1561,8 @@ mod tests {
             f.apply(job("api", "default", 2, 100)).unwrap();
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            checkpoint.write_to(&checkpoint.segment(true), &mut batch);
+            checkpoint.put_segment(&checkpoint.segment(true), &mut batch);
+            checkpoint.put_bookkeeping(&mut batch);
             f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();
             f.machine.snapshot()

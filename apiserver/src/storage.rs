@@ -231,7 +231,6 @@ impl WriteBatch {
         )
     }
 
-    /// Stores a checkpoint's objects as the segment at `applied`.
     /// Stores a checkpoint's objects (an encoded `StateSegment`) at `applied`.
     pub fn put_segment(&mut self, applied: u64, segment: &[u8]) {
         self.insert(segment_key(applied).to_vec(), segment);

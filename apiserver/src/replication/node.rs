@@ -1025,8 +1025,6 @@ impl Node {
         }
     }
 
-    /// Stores the history records of a batch, except those already stored
-    /// (a restart replays entries whose records were written before).
     /// Queues the records not stored yet for the next checkpoint (a restart
     /// replays the log after the last checkpoint, and makes again records
     /// that are stored already).

@@ -27,11 +27,8 @@ const ROUNDS: u32 = 4;
 /// One system's figures, summed over rounds.
 struct Row {
     name: String,
-    writes: Stats,
-    reads: Stats,
-    /// CPU seconds during the writes and during the reads.
-    write_cpu: Usage,
-    read_cpu: Usage,
+    writes: Phase,
+    reads: Phase,
     failovers: Vec<Duration>,
 }
 
@@ -39,12 +36,46 @@ impl Row {
     fn new(name: String) -> Row {
         Row {
             name,
-            writes: Stats::empty(),
-            reads: Stats::empty(),
-            write_cpu: Usage::default(),
-            read_cpu: Usage::default(),
+            writes: Phase::default(),
+            reads: Phase::default(),
             failovers: Vec::new(),
         }
+    }
+}
+
+/// Throughput, latency and CPU of one kind of operation, over rounds.
+struct Phase {
+    stats: Stats,
+    /// CPU seconds of the servers and of this process meanwhile.
+    cpu: Usage,
+}
+
+impl Default for Phase {
+    fn default() -> Phase {
+        Phase {
+            stats: Stats::empty(),
+            cpu: Usage::default(),
+        }
+    }
+}
+
+impl Phase {
+    /// Runs `op` from `clients` clients for `duration` (see [`load::run`])
+    /// and adds what it measured, with the CPU the servers (`pids`) and this
+    /// process used meanwhile.
+    async fn measure<F, Fut>(&mut self, pids: &[u32], clients: usize, duration: Duration, op: F)
+    where
+        F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
+        let before = Usage::now(pids);
+        let run = load::run(clients, duration, op).await;
+        self.cpu.add(Usage::now(pids).since(&before));
+        self.stats.merge(run);
+    }
+
+    fn cpu_per_op(&self) -> Usage {
+        self.cpu.per_op(self.stats.ops)
     }
 }
 
@@ -105,18 +136,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!(
             "{:<14} {:>10.0} {:>8.2} {:>8.2} {:>10.0} {:>8.2} {:>8.2}   {}",
             row.name,
-            row.writes.per_second(),
-            row.writes.percentile_ms(0.5),
-            row.writes.percentile_ms(0.99),
-            row.reads.per_second(),
-            row.reads.percentile_ms(0.5),
-            row.reads.percentile_ms(0.99),
+            row.writes.stats.per_second(),
+            row.writes.stats.percentile_ms(0.5),
+            row.writes.stats.percentile_ms(0.99),
+            row.reads.stats.per_second(),
+            row.reads.stats.percentile_ms(0.5),
+            row.reads.stats.percentile_ms(0.99),
             failovers.join(", "),
         );
-        if row.writes.errors + row.reads.errors > 0 {
+        if row.writes.stats.errors + row.reads.stats.errors > 0 {
             println!(
                 "  ({} write and {} read errors)",
-                row.writes.errors, row.reads.errors
+                row.writes.stats.errors, row.reads.stats.errors
             );
         }
     }
@@ -126,10 +157,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "CPU µs per op", "write: servers+client", "read: servers+client"
     );
     for row in &rows {
-        let (write, read) = (
-            row.write_cpu.per_op(row.writes.ops),
-            row.read_cpu.per_op(row.reads.ops),
-        );
+        let (write, read) = (row.writes.cpu_per_op(), row.reads.cpu_per_op());
         println!(
             "{:<14} {:>13.0} + {:>6.0} {:>13.0} + {:>6.0}",
             row.name, write.servers, write.client, read.servers, read.client,
@@ -138,10 +166,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let [berth, etcd] = rows.as_slice() {
         println!(
             "Berth/etcd: writes {:.2}x (p99 {:.2} vs {:.2} ms), linearizable reads {:.2}x",
-            berth.writes.per_second() / etcd.writes.per_second(),
-            berth.writes.percentile_ms(0.99),
-            etcd.writes.percentile_ms(0.99),
-            berth.reads.per_second() / etcd.reads.per_second(),
+            berth.writes.stats.per_second() / etcd.writes.stats.per_second(),
+            berth.writes.stats.percentile_ms(0.99),
+            etcd.writes.stats.percentile_ms(0.99),
+            berth.reads.stats.per_second() / etcd.reads.stats.per_second(),
         );
     }
     Ok(())
@@ -209,44 +237,40 @@ impl Berth {
 
     async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
         let c = self.client.clone();
-        let before = Usage::now(&self.pids);
-        let stats = load::run(clients, duration, move |client, i| {
-            let c = c.clone();
-            async move {
-                let name = format!("bench-{round}-{client}-{i}");
-                apply(&c, job("default", &name, 1)).await?;
-                Ok(())
-            }
-        })
-        .await;
         self.row
-            .write_cpu
-            .add(Usage::now(&self.pids).since(&before));
-        self.row.writes.merge(stats);
+            .writes
+            .measure(&self.pids, clients, duration, move |client, i| {
+                let c = c.clone();
+                async move {
+                    let name = format!("bench-{round}-{client}-{i}");
+                    apply(&c, job("default", &name, 1)).await?;
+                    Ok(())
+                }
+            })
+            .await;
     }
 
     async fn reads(&mut self, clients: usize, duration: Duration) {
         let c = self.client.clone();
-        let before = Usage::now(&self.pids);
-        let stats = load::run(clients, duration, move |_, _| {
-            let c = c.clone();
-            async move {
-                c.call(|mut k| async move {
-                    k.get(pb::GetRequest {
-                        kind: pb::Kind::Job as i32,
-                        namespace: "default".into(),
-                        name: "bench-read".into(),
-                        stale: false,
+        self.row
+            .reads
+            .measure(&self.pids, clients, duration, move |_, _| {
+                let c = c.clone();
+                async move {
+                    c.call(|mut k| async move {
+                        k.get(pb::GetRequest {
+                            kind: pb::Kind::Job as i32,
+                            namespace: "default".into(),
+                            name: "bench-read".into(),
+                            stale: false,
+                        })
+                        .await
                     })
-                    .await
-                })
-                .await?;
-                Ok(())
-            }
-        })
-        .await;
-        self.row.read_cpu.add(Usage::now(&self.pids).since(&before));
-        self.row.reads.merge(stats);
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await;
     }
 
     async fn failovers(&mut self, count: usize) {
@@ -299,28 +323,24 @@ impl Etcd {
 
     async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
         let (c, v) = (self.client.clone(), self.value.clone());
-        let pids = self.cluster.pids();
-        let before = Usage::now(&pids);
-        let stats = load::run(clients, duration, move |client, i| {
-            let (c, v) = (c.clone(), v.clone());
-            async move { c.put(format!("bench/{round}/{client}/{i}"), v).await }
-        })
-        .await;
-        self.row.write_cpu.add(Usage::now(&pids).since(&before));
-        self.row.writes.merge(stats);
+        self.row
+            .writes
+            .measure(&self.cluster.pids(), clients, duration, move |client, i| {
+                let (c, v) = (c.clone(), v.clone());
+                async move { c.put(format!("bench/{round}/{client}/{i}"), v).await }
+            })
+            .await;
     }
 
     async fn reads(&mut self, clients: usize, duration: Duration) {
         let c = self.client.clone();
-        let pids = self.cluster.pids();
-        let before = Usage::now(&pids);
-        let stats = load::run(clients, duration, move |_, _| {
-            let c = c.clone();
-            async move { c.get("bench-read").await }
-        })
-        .await;
-        self.row.read_cpu.add(Usage::now(&pids).since(&before));
-        self.row.reads.merge(stats);
+        self.row
+            .reads
+            .measure(&self.cluster.pids(), clients, duration, move |_, _| {
+                let c = c.clone();
+                async move { c.get("bench-read").await }
+            })
+            .await;
     }
 
     async fn failovers(&mut self, count: usize) -> anyhow::Result<()> {
