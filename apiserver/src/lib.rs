@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod replication;
 pub mod server;
 pub mod service;
+mod sled_blobs;
 pub mod state;
 pub mod state_machine;
 pub mod storage;

@@ -16,13 +16,12 @@
 //! at); after a restart, raft replays the log from that index. This keeps
 //! the per-write cost of the store to the log append alone.
 
-use prost::Message as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use berth_proto::internal::{
-    ApplyOp, BindOp, Change, Command, DeleteOp, HistoryRecord, SingleOp, StateSegment,
-    UpdateStatusOp, command::Op, single_op,
+    ApplyOp, BindOp, Change, Command, DeleteOp, HistoryRecord, SingleOp, UpdateStatusOp,
+    command::Op, single_op,
 };
 use berth_proto::object::ObjectKey;
 use berth_proto::pb::{self, object::Kind as Body};
@@ -31,7 +30,7 @@ use berth_proto::quantity::{format_cpu, format_memory};
 use crate::allocation::Allocations;
 use crate::error::ApiError;
 use crate::state::{self, Membership, ObjectMap, Snapshot};
-use crate::storage::{Loaded, WriteBatch};
+use crate::storage::{Loaded, SegmentChunks, WriteBatch};
 use raft::eraftpb::ConfState;
 
 /// The namespace every cluster has, which cannot be deleted.
@@ -121,50 +120,26 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The objects to store — all of them (`full`) or what changed — as an
-    /// encoded `StateSegment`.
-    pub fn segment(&self, full: bool) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        self.encode_segment(full, &mut bytes);
-        bytes
-    }
-
-    /// [`Checkpoint::segment`] into `out` (cleared first), so that the
-    /// checkpoint thread can reuse one buffer: a fresh one of megabytes is
-    /// faulted in (and zeroed by the kernel) page by page every time.
-    /// Encoded field by field from the shared objects: a full segment of
-    /// every object must not copy them all first.
-    pub fn encode_segment(&self, full: bool, out: &mut Vec<u8>) {
-        use prost::encoding::{bool as pbool, message};
-        out.clear();
+    /// Adds to `batch` the objects to store — all of them (`full`) or what
+    /// changed — as the chunks of a segment, which a restart ignores until
+    /// the bookkeeping reaches its index; returns its size in bytes. Encoded
+    /// field by field from the shared objects: a full segment of every
+    /// object must not copy them all first.
+    pub fn put_segment(&self, full: bool, batch: &mut WriteBatch) -> usize {
+        let mut segment = SegmentChunks::new(batch, self.applied, full);
         if full {
-            // Sized first (full segments are rare and can be the whole
-            // state): grown by doubling, it would be copied and faulted in
-            // several times over.
-            let size = 2 + self
-                .objects
-                .values()
-                .map(|o| message::encoded_len(2, &**o))
-                .sum::<usize>();
-            out.reserve(size);
-            pbool::encode(1, &true, out);
             for object in self.objects.values() {
-                message::encode(2, &**object, out);
+                segment.put(object);
             }
-            return;
-        }
-        for (key, object) in &self.dirty {
-            match object {
-                Some(object) => message::encode(2, &**object, out),
-                None => message::encode(3, &crate::storage::deleted(key), out),
+        } else {
+            for (key, object) in &self.dirty {
+                match object {
+                    Some(object) => segment.put(object),
+                    None => segment.delete(key),
+                }
             }
         }
-    }
-
-    /// The segment alone (ignored by a restart until the bookkeeping
-    /// reaches its index).
-    pub fn put_segment(&self, segment: &[u8], batch: &mut WriteBatch) {
-        batch.put_segment(self.applied, segment);
+        segment.finish()
     }
 
     /// The index, revision and members the segment brings the store to
@@ -403,13 +378,11 @@ impl StateMachine {
         batch: &mut WriteBatch,
     ) {
         self.dirty.clear();
-        let segment = StateSegment {
-            full: true,
-            puts: objects,
-            deletes: Vec::new(),
-        };
-        batch.put_segment(index, &segment.encode_to_vec());
-        let objects = segment.puts;
+        let mut segment = SegmentChunks::new(batch, index, true);
+        for object in &objects {
+            segment.put(object);
+        }
+        segment.finish();
         self.objects = objects
             .into_iter()
             .map(|o| (Arc::new(o.key()), Arc::new(o)))
@@ -1551,6 +1524,45 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     }
 
+    /// Checkpoints of more objects than one stored chunk holds, full then
+    /// a delta with deletes, read back whole.
+    #[test]
+    fn checkpoints_of_many_chunks_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = |f: &mut Fixture, full: bool| {
+            let mut batch = WriteBatch::new();
+            let checkpoint = f.machine.take_checkpoint();
+            let bytes = checkpoint.put_segment(full, &mut batch);
+            checkpoint.put_bookkeeping(&mut batch);
+            f.storage.write(batch).unwrap();
+            f.storage.flush().unwrap();
+            bytes
+        };
+        let before = {
+            let mut f = Fixture::new(&dir);
+            for i in 0..5000 {
+                f.apply(job(&format!("job-{i:04}"), "default", 1, 100))
+                    .unwrap();
+            }
+            let bytes = checkpoint(&mut f, true);
+            assert!(
+                bytes > 2 * (64 << 10),
+                "{bytes} bytes: three chunks or more"
+            );
+            for i in (0..5000).step_by(3) {
+                f.delete(pb::Kind::Job, "default", &format!("job-{i:04}"))
+                    .unwrap();
+            }
+            f.apply(job("job-new", "default", 1, 100)).unwrap();
+            checkpoint(&mut f, false);
+            f.machine.snapshot()
+        };
+        let f = open(crate::storage::tests::reopen(dir.path()));
+        let after = f.machine.snapshot();
+        assert_eq!(after.applied, before.applied);
+        assert_eq!(after.objects, before.objects);
+    }
+
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1561,7 +1573,7 @@ mod tests {
             f.apply(job("api", "default", 2, 100)).unwrap();
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            checkpoint.put_segment(&checkpoint.segment(true), &mut batch);
+            checkpoint.put_segment(true, &mut batch);
             checkpoint.put_bookkeeping(&mut batch);
             f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();

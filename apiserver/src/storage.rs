@@ -7,8 +7,8 @@
 //! raft driver (sled's own README says to prefer SQLite where reliability is
 //! the primary constraint).
 //!
-//! Layout (keys sort as bytes; `s:` keys live in the tree `segments`, the
-//! rest in the default tree):
+//! Layout (keys sort as bytes; `s:`, `h:` and `r:g:` keys live in trees of
+//! their own — `segments`, `history`, `log` — the rest in the default tree):
 //!
 //! ```text
 //! m:format            u64 BE   on-disk format, refused if unknown
@@ -16,20 +16,24 @@
 //! m:applied           u64 BE   the last log index applied to the state machine
 //! m:compacted         u64 BE   history at or below this revision is gone
 //! m:members                    berth.internal.v1.Members: member addresses
-//! s:<applied u64 BE>           berth.internal.v1.StateSegment: the objects
-//!                              of a checkpoint (all, or what changed)
-//! h:<revision u64 BE>          berth.internal.v1.HistoryGroup: the records
-//!                              written together, keyed by the last revision
 //! r:hs                         raft HardState (term, vote, commit)
 //! r:cs                         raft ConfState as of m:applied
 //! r:start             2 x u64  index and term of the last entry compacted away
+//! s:<applied u64 BE><chunk u32 BE>
+//!                              berth.internal.v1.StateSegment: a chunk of the
+//!                              objects of a checkpoint (all, or what changed)
+//! h:<revision u64 BE>          berth.internal.v1.HistoryGroup: the records
+//!                              written together, keyed by the last revision
 //! r:g:<index u64 BE>           berth.internal.v1.EntryGroup: raft entries
 //!                              appended together, keyed by the first index
 //! ```
 //!
 //! sled's cost is per key written, so the log and the history are written a
-//! group per raft Ready, not a key per entry, and the objects a segment per
-//! checkpoint, not a key per object.
+//! group per raft Ready or checkpoint, not a key per entry. But sled keeps up
+//! to 16 keys in a leaf and rewrites the whole leaf every tenth change to it
+//! (and when it splits), so large values are kept apart from the small keys
+//! every Ready rewrites — in trees of their own — and a checkpoint's objects
+//! are cut into chunks of [`SEGMENT_CHUNK_BYTES`].
 //!
 //! Writes are grouped in [`WriteBatch`]es. sled's log recovers a prefix of the
 //! writes after a crash, so order does the work of atomicity for the hot
@@ -46,6 +50,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
+
+use crate::sled_blobs::Blobs;
 
 use berth_proto::internal::{
     DeletedObject, EntryGroup, HistoryGroup, HistoryRecord, Members, StateSegment,
@@ -79,9 +85,12 @@ fn segment_size(path: &Path) -> usize {
         .unwrap_or(SEGMENT_BYTES)
 }
 
-const FORMAT: u64 = 3;
-/// The tree of state segments (format 3; format 2 kept them beside the log).
+const FORMAT: u64 = 4;
+/// The trees of state segments (since format 3), of the log's entry groups
+/// and of the history's groups (since format 4).
 const SEGMENT_TREE: &[u8] = b"segments";
+const LOG_TREE: &[u8] = b"log";
+const HISTORY_TREE: &[u8] = b"history";
 const KEY_FORMAT: &[u8] = b"m:format";
 const KEY_REVISION: &[u8] = b"m:revision";
 const KEY_APPLIED: &[u8] = b"m:applied";
@@ -231,9 +240,10 @@ impl WriteBatch {
         )
     }
 
-    /// Stores a checkpoint's objects (an encoded `StateSegment`) at `applied`.
-    pub fn put_segment(&mut self, applied: u64, segment: &[u8]) {
-        self.insert(segment_key(applied).to_vec(), segment);
+    /// Stores one chunk of a checkpoint's objects (an encoded
+    /// `StateSegment`) at `applied`; see [`SegmentChunks`].
+    pub fn put_segment_chunk(&mut self, applied: u64, chunk: u32, segment: &[u8]) {
+        self.insert(segment_chunk_key(applied, chunk).to_vec(), segment);
     }
 
     /// Stores history records written together (in revision order).
@@ -325,12 +335,16 @@ impl WriteBatch {
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
-    /// The checkpoints' state segments, in a tree of their own: megabytes
-    /// each, they must not share a leaf with the keys every raft Ready
-    /// writes (sled rewrites a whole leaf when it consolidates one).
+    /// The checkpoints' state segments, the raft log's entry groups and the
+    /// history's groups, each in a tree of their own: sled rewrites a whole
+    /// leaf every tenth change to it, so the groups must not share a leaf
+    /// with the small keys every raft Ready writes, nor with each other.
     segments: sled::Tree,
+    log: sled::Tree,
+    history: sled::Tree,
     /// sled's log file, opened again to fdatasync it.
     log_file: Arc<std::fs::File>,
+    blobs: Arc<Blobs>,
 }
 
 impl Storage {
@@ -364,10 +378,15 @@ impl Storage {
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
         let segments = db.open_tree(SEGMENT_TREE).map_err(open_error)?;
+        let log = db.open_tree(LOG_TREE).map_err(open_error)?;
+        let history = db.open_tree(HISTORY_TREE).map_err(open_error)?;
         let storage = Storage {
             db,
             segments,
+            log,
+            history,
             log_file: Arc::new(log_file),
+            blobs: Arc::new(Blobs::new(path)),
         };
         storage.check_format()?;
         Ok(storage)
@@ -377,8 +396,10 @@ impl Storage {
         match self.db.get(KEY_FORMAT)? {
             Some(v) => {
                 let found = decode_u64(&v, "m:format")?;
-                if found != FORMAT {
-                    return Err(StorageError::Format { found });
+                match found {
+                    FORMAT => self.drop_moved_keys()?,
+                    3 => self.upgrade_from_3()?,
+                    _ => return Err(StorageError::Format { found }),
                 }
             }
             None if self.db.is_empty() => {
@@ -390,6 +411,42 @@ impl Storage {
                     "data is present but the format marker is missing".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Format 3 kept the log's and the history's groups in the default tree,
+    /// beside the keys every raft Ready rewrites. Copies them to their own
+    /// trees, then marks the store format 4, then removes the originals. A
+    /// crash before the mark leaves format 3 to copy again (the same
+    /// values); one after it leaves originals that the next open removes.
+    fn upgrade_from_3(&self) -> Result<(), StorageError> {
+        tracing::info!("upgrading the store from format 3 to {FORMAT}");
+        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+            let tree = self.tree_of(prefix);
+            for item in self.db.scan_prefix(prefix) {
+                let (key, value) = item?;
+                tree.insert(key, value)?;
+            }
+        }
+        self.flush()?;
+        self.db.insert(KEY_FORMAT, &FORMAT.to_be_bytes())?;
+        self.flush()?;
+        self.drop_moved_keys()
+    }
+
+    /// Removes format 3's copies of the groups that format 4 keeps in trees
+    /// of their own (left by an upgrade that a crash cut short).
+    fn drop_moved_keys(&self) -> Result<(), StorageError> {
+        let mut moved = false;
+        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+            for key in self.db.scan_prefix(prefix).keys() {
+                self.db.remove(key?)?;
+                moved = true;
+            }
+        }
+        if moved {
+            self.flush()?;
         }
         Ok(())
     }
@@ -409,10 +466,10 @@ impl Storage {
         // Segments past the applied index belong to a checkpoint whose
         // bookkeeping a crash cut off (the segment is written first, on its
         // own; see `checkpoint`): the log still holds what they hold.
-        let last = segment_key(applied);
+        let past = segment_key(applied.saturating_add(1));
         for item in self
             .segments
-            .range(segment_key(0).as_slice()..=last.as_slice())
+            .range(segment_key(0).as_slice()..past.as_slice())
         {
             let (key, value) = item?;
             let segment = StateSegment::decode(value.as_ref()).map_err(|e| {
@@ -487,7 +544,7 @@ impl Storage {
         let mut terms = Vec::new();
         let mut groups = BTreeMap::new();
         let mut expected = start.0 + 1;
-        for item in self.db.scan_prefix(PREFIX_ENTRY_GROUP) {
+        for item in self.log.scan_prefix(PREFIX_ENTRY_GROUP) {
             let (_, value) = item?;
             let entries = decode_group(&value)?;
             let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
@@ -524,7 +581,7 @@ impl Storage {
 
     /// The entries of the group stored under `first`.
     pub fn read_group(&self, first: u64) -> Result<Vec<Entry>, StorageError> {
-        match self.db.get(entry_group_key(first))? {
+        match self.log.get(entry_group_key(first))? {
             Some(value) => decode_group(&value),
             None => Err(StorageError::Corrupt(format!(
                 "the raft entry group at {first} is missing"
@@ -547,6 +604,10 @@ impl Storage {
     fn tree_of(&self, key: &[u8]) -> &sled::Tree {
         if key.starts_with(PREFIX_SEGMENT) {
             &self.segments
+        } else if key.starts_with(PREFIX_ENTRY_GROUP) {
+            &self.log
+        } else if key.starts_with(PREFIX_HISTORY) {
+            &self.history
         } else {
             &self.db
         }
@@ -566,7 +627,7 @@ impl Storage {
     }
 
     /// Writes a batch all-or-nothing (sled writes it out synchronously),
-    /// across both trees. Not durable until [`Storage::flush`].
+    /// across every tree. Not durable until [`Storage::flush`].
     pub fn write_atomic(&self, batch: WriteBatch) -> Result<(), StorageError> {
         use sled::Transactional as _;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -575,10 +636,15 @@ impl Storage {
         }
         let ops: Vec<(sled::IVec, Option<sled::IVec>)> = batch.into_ops().collect();
         let default_tree: &sled::Tree = &self.db;
-        let result = (default_tree, &self.segments).transaction(|(main, segments)| {
+        let trees = (default_tree, &self.segments, &self.log, &self.history);
+        let result = trees.transaction(|(main, segments, log, history)| {
             for (key, value) in &ops {
                 let tree = if key.starts_with(PREFIX_SEGMENT) {
                     segments
+                } else if key.starts_with(PREFIX_ENTRY_GROUP) {
+                    log
+                } else if key.starts_with(PREFIX_HISTORY) {
+                    history
                 } else {
                     main
                 };
@@ -599,10 +665,12 @@ impl Storage {
     }
 
     /// Makes everything written so far durable: sled writes its buffers out,
-    /// then the log file is fdatasync'ed.
+    /// then the log file is fdatasync'ed, then any new blob files (which
+    /// sled never syncs; see `sled_blobs`).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
         self.log_file.sync_data().map_err(StorageError::io)?;
+        self.blobs.sync().map_err(StorageError::io)?;
         Ok(())
     }
 
@@ -617,7 +685,7 @@ impl Storage {
         // hold revision `after + 1` is the first key at or above it.
         let start = history_key(after.saturating_add(1));
         let mut records = Vec::new();
-        for item in self.db.range(start.as_slice()..) {
+        for item in self.history.range(start.as_slice()..) {
             let (key, value) = item?;
             if !key.starts_with(PREFIX_HISTORY) || records.len() >= limit {
                 break;
@@ -649,7 +717,7 @@ impl Storage {
     /// The revision of the last stored history record (0 if none).
     pub fn last_history_revision(&self) -> Result<u64, StorageError> {
         let last = self
-            .db
+            .history
             .range(history_key(0).as_slice()..=history_key(u64::MAX).as_slice())
             .next_back()
             .transpose()?;
@@ -665,7 +733,7 @@ impl Storage {
     pub fn compact_history(&self, upto: u64) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         for key in self
-            .db
+            .history
             .range(history_key(0).as_slice()..=history_key(upto).as_slice())
             .keys()
         {
@@ -722,11 +790,88 @@ fn entry_group_key(index: u64) -> [u8; 12] {
     key
 }
 
+/// The first key of the segment at `applied`: its chunks follow it. (Format
+/// 3 stored a segment whole, at exactly this key.)
 fn segment_key(applied: u64) -> [u8; 10] {
     let mut key = [0u8; 10];
     key[..2].copy_from_slice(PREFIX_SEGMENT);
     key[2..].copy_from_slice(&applied.to_be_bytes());
     key
+}
+
+fn segment_chunk_key(applied: u64, chunk: u32) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    key[..10].copy_from_slice(&segment_key(applied));
+    key[10..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// Bytes of objects per stored chunk of a segment. sled keeps up to 16 keys
+/// in a leaf and rewrites the whole leaf when it consolidates or splits one,
+/// and writes a leaf larger than a quarter of its segment size (2 MiB) as a
+/// blob file: stored whole, a checkpoint of megabytes made every rewrite of
+/// its leaf a rewrite of megabytes, out of sled's log.
+const SEGMENT_CHUNK_BYTES: usize = 64 << 10;
+
+/// A checkpoint's segment, encoded and stored as a run of chunks keyed by
+/// the checkpoint's index then the chunk's number, each a `StateSegment` of
+/// its own; only the first of a full segment is marked full (it clears what
+/// came before, the others add to it).
+pub struct SegmentChunks<'b> {
+    batch: &'b mut WriteBatch,
+    applied: u64,
+    chunk: u32,
+    buffer: Vec<u8>,
+    bytes: usize,
+}
+
+impl<'b> SegmentChunks<'b> {
+    pub fn new(batch: &'b mut WriteBatch, applied: u64, full: bool) -> SegmentChunks<'b> {
+        let mut buffer = Vec::with_capacity(SEGMENT_CHUNK_BYTES + SEGMENT_CHUNK_BYTES / 4);
+        if full {
+            prost::encoding::bool::encode(1, &true, &mut buffer);
+        }
+        SegmentChunks {
+            batch,
+            applied,
+            chunk: 0,
+            buffer,
+            bytes: 0,
+        }
+    }
+
+    pub fn put(&mut self, object: &pb::Object) {
+        prost::encoding::message::encode(2, object, &mut self.buffer);
+        self.maybe_end_chunk();
+    }
+
+    pub fn delete(&mut self, key: &ObjectKey) {
+        prost::encoding::message::encode(3, &deleted(key), &mut self.buffer);
+        self.maybe_end_chunk();
+    }
+
+    fn maybe_end_chunk(&mut self) {
+        if self.buffer.len() >= SEGMENT_CHUNK_BYTES {
+            self.end_chunk();
+        }
+    }
+
+    fn end_chunk(&mut self) {
+        self.batch
+            .put_segment_chunk(self.applied, self.chunk, &self.buffer);
+        self.bytes += self.buffer.len();
+        self.buffer.clear();
+        self.chunk += 1;
+    }
+
+    /// Stores what is left (at least one chunk, so that an empty full
+    /// segment still clears the state); the segment's size in bytes.
+    pub fn finish(mut self) -> usize {
+        if !self.buffer.is_empty() || self.chunk == 0 {
+            self.end_chunk();
+        }
+        self.bytes
+    }
 }
 
 /// A deleted object's key, as a segment stores it.
@@ -752,6 +897,17 @@ pub(crate) mod tests {
             }),
             spec: None,
         })
+    }
+
+    fn term_1_entries(indexes: impl IntoIterator<Item = u64>) -> Vec<Entry> {
+        indexes
+            .into_iter()
+            .map(|index| Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            })
+            .collect()
     }
 
     /// sled lets go of its file lock shortly after the database is dropped.
@@ -792,10 +948,19 @@ pub(crate) mod tests {
                 batch.put_revision(revision);
                 batch.put_applied(revision);
             }
-            batch.put_segment(2, &segment.encode_to_vec());
-            // A later delta deletes one of them.
-            batch.put_segment(
-                3,
+            // A full segment in two chunks: only the first clears.
+            let rest = segment.puts.split_off(1);
+            batch.put_segment_chunk(2, 0, &segment.encode_to_vec());
+            let rest = StateSegment {
+                full: false,
+                puts: rest,
+                deletes: vec![],
+            };
+            batch.put_segment_chunk(2, 1, &rest.encode_to_vec());
+            // A later delta deletes one of them, stored whole as format 3
+            // did (at the segment's own key, without a chunk number).
+            batch.insert(
+                segment_key(3).to_vec(),
                 StateSegment {
                     full: false,
                     puts: vec![],
@@ -806,8 +971,9 @@ pub(crate) mod tests {
             );
             // A checkpoint's segment whose bookkeeping a crash cut off:
             // beyond the applied index, ignored.
-            batch.put_segment(
+            batch.put_segment_chunk(
                 9,
+                0,
                 StateSegment {
                     full: true,
                     puts: vec![],
@@ -818,14 +984,7 @@ pub(crate) mod tests {
             );
             batch.put_history(&records[..2]);
             batch.put_history(&records[2..]);
-            let entries: Vec<Entry> = (1..=3)
-                .map(|index| Entry {
-                    index,
-                    term: 1,
-                    ..Default::default()
-                })
-                .collect();
-            batch.put_entries(&entries).unwrap();
+            batch.put_entries(&term_1_entries(1..=3)).unwrap();
             storage.write(batch).unwrap();
             storage.flush().unwrap();
         }
@@ -848,20 +1007,48 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_format_3_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |revision| {
+            std::sync::Arc::new(HistoryRecord {
+                revision,
+                changes: vec![],
+            })
+        };
+        {
+            // Format 3: the groups beside the small keys, in the default tree.
+            let db = sled::open(dir.path().join("store")).unwrap();
+            let mut batch = WriteBatch::new();
+            batch.put_entries(&term_1_entries(1..=2)).unwrap();
+            batch.put_history(&[record(1), record(2)]);
+            batch.set(KEY_FORMAT, 3u64.to_be_bytes().to_vec());
+            for (key, value) in batch.into_ops() {
+                db.insert(key, value.unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(storage.read_u64(KEY_FORMAT).unwrap(), FORMAT);
+        assert_eq!(storage.load_log().unwrap().terms, vec![1, 1]);
+        assert_eq!(storage.read_group(1).unwrap().len(), 2);
+        assert_eq!(storage.history_after(0, 10).unwrap().len(), 2);
+        assert_eq!(storage.last_history_revision().unwrap(), 2);
+        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+            assert!(storage.db.scan_prefix(prefix).next().is_none());
+        }
+        drop(storage);
+        // And it stays format 4 with the groups in their trees.
+        let storage = reopen(dir.path());
+        assert_eq!(storage.history_after(0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
     fn a_hole_in_the_log_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
         let mut batch = WriteBatch::new();
         for group in [[1, 2], [4, 5]] {
-            let entries: Vec<Entry> = group
-                .iter()
-                .map(|index| Entry {
-                    index: *index,
-                    term: 1,
-                    ..Default::default()
-                })
-                .collect();
-            batch.put_entries(&entries).unwrap();
+            batch.put_entries(&term_1_entries(group)).unwrap();
         }
         storage.write(batch).unwrap();
         let err = storage.load_log().err().unwrap().to_string();

@@ -34,11 +34,6 @@ pub struct Job {
     pub history: Vec<Arc<HistoryRecord>>,
 }
 
-/// The most encoding buffer the checkpoint thread keeps between
-/// checkpoints: more than a delta of thousands of objects needs, less than
-/// the full state of a large cluster.
-const KEEP_BUFFER: usize = 16 << 20;
-
 /// History records per stored group: small enough that sled keeps a group
 /// inline in its leaf rather than as a blob file of its own.
 const HISTORY_GROUP: usize = 256;
@@ -72,10 +67,6 @@ impl Checkpointer {
                         continue;
                     }
                     let result = write_sized(&storage, &job, &mut sizes, &mut buffer);
-                    if buffer.capacity() > KEEP_BUFFER {
-                        // A full segment's: let it go.
-                        buffer = Vec::new();
-                    }
                     let done = Input::CheckpointDone {
                         epoch: job.epoch,
                         applied: job.checkpoint.applied,
@@ -154,10 +145,8 @@ fn write_sized(
         batch.put_history_with(group, buffer);
         storage.write(batch)?;
     }
-    job.checkpoint.encode_segment(full, buffer);
-    let bytes = buffer.len();
     let mut batch = WriteBatch::new();
-    job.checkpoint.put_segment(buffer, &mut batch);
+    let bytes = job.checkpoint.put_segment(full, &mut batch);
     storage.write(batch)?;
     let mut batch = WriteBatch::new();
     job.checkpoint.put_bookkeeping(&mut batch);
