@@ -142,6 +142,11 @@ impl Checkpoint {
         segment.finish()
     }
 
+    /// Drops the objects a full segment would need, for a delta.
+    pub fn forget_objects(&mut self) {
+        self.objects = ObjectMap::default();
+    }
+
     /// The index, revision and members the segment brings the store to
     /// (to be written atomically, after the segment).
     pub fn put_bookkeeping(&self, batch: &mut WriteBatch) {

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use berth_proto::internal::{Change, HistoryRecord};
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use crate::error::ApiError;
-use crate::state::Snapshot;
+use crate::state::{Membership, ObjectMap, Snapshot};
 use crate::storage::Storage;
 
 /// Records read per step of a watcher.
@@ -28,7 +28,13 @@ const READ_CHUNK: usize = 512;
 
 pub struct WatchHub {
     storage: Storage,
+    /// The published state. Read its objects only through the gate: while
+    /// the gate is closed they are not there (see [`WatchHub::reclaim`]).
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Closed (true) while the raft loop applies entries to the map it took
+    /// back from the published snapshot.
+    gate: Mutex<bool>,
+    opened: Condvar,
     recent: RwLock<Recent>,
     /// History at or below this revision may be gone.
     compacted: AtomicU64,
@@ -50,6 +56,8 @@ impl WatchHub {
         WatchHub {
             storage,
             snapshot: watch::Sender::new(Arc::new(snapshot)),
+            gate: Mutex::new(false),
+            opened: Condvar::new(),
             recent: RwLock::new(Recent {
                 floor,
                 stored: floor,
@@ -60,9 +68,68 @@ impl WatchHub {
         }
     }
 
-    /// The newest durable state.
+    /// The newest durable state. Waits while the raft loop applies entries
+    /// to a reclaimed map (a fraction of a turn; see [`WatchHub::reclaim`]).
     pub fn snapshot(&self) -> Arc<Snapshot> {
+        let mut closed = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        while *closed {
+            closed = self.opened.wait(closed).unwrap_or_else(|e| e.into_inner());
+        }
         self.snapshot.borrow().clone()
+    }
+
+    /// The newest durable state, or `None` while the gate is closed: for the
+    /// raft loop itself, which must not wait for its own publish.
+    pub fn try_snapshot(&self) -> Option<Arc<Snapshot>> {
+        let closed = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        (!*closed).then(|| self.snapshot.borrow().clone())
+    }
+
+    /// The members as of the newest durable state (never waits: a reclaim
+    /// leaves them in place).
+    pub fn membership(&self) -> Arc<Membership> {
+        self.snapshot.borrow().membership.clone()
+    }
+
+    /// Takes the objects back from the published snapshot if no reader holds
+    /// it, so that the raft loop's map — which that snapshot shares — is its
+    /// own again and applying entries changes it in place. Otherwise every
+    /// change after a publish copies the persistent map's path to it (tens
+    /// of nodes, each a few dozen reference counts), the largest single cost
+    /// of applying a write. Until the next [`WatchHub::publish`] the gate is
+    /// closed and readers wait. Returns whether it took them.
+    pub fn reclaim(&self) -> bool {
+        let mut closed = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return true;
+        }
+        // Readers clone the snapshot holding the gate, so none can start
+        // while this looks at the count.
+        self.snapshot.send_if_modified(|current| {
+            if let Some(snapshot) = Arc::get_mut(current) {
+                snapshot.objects = ObjectMap::default();
+                *closed = true;
+            }
+            false
+        });
+        *closed
+    }
+
+    /// Publishes `snapshot` if a reclaim left the gate closed (the raft loop
+    /// failed before it could publish).
+    pub fn reopen(&self, snapshot: Snapshot) {
+        let closed = *self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if closed {
+            self.publish(snapshot, Vec::new());
+        }
+    }
+
+    fn replace_snapshot(&self, snapshot: Snapshot) {
+        let mut closed = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.snapshot.send_replace(Arc::new(snapshot));
+        if std::mem::replace(&mut *closed, false) {
+            self.opened.notify_all();
+        }
     }
 
     pub fn compacted(&self) -> u64 {
@@ -78,7 +145,7 @@ impl WatchHub {
             recent.records.extend(records);
             recent.evict(self.capacity);
         }
-        self.snapshot.send_replace(Arc::new(snapshot));
+        self.replace_snapshot(snapshot);
     }
 
     /// The history up to `revision` is in storage: memory may let it go.
@@ -98,17 +165,25 @@ impl WatchHub {
             recent.stored = snapshot.revision;
         }
         self.compacted.fetch_max(compacted, Ordering::AcqRel);
-        self.snapshot.send_replace(Arc::new(snapshot));
+        self.replace_snapshot(snapshot);
     }
 
     /// Waits until the published state has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<Arc<Snapshot>, ApiError> {
-        let mut snapshots = self.subscribe();
-        let snapshot = snapshots
-            .wait_for(|s| s.applied >= index)
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?;
-        Ok(snapshot.clone())
+        let mut publishes = self.subscribe();
+        loop {
+            // Seen before reading, so that a publish after the read wakes us.
+            publishes.borrow_and_update();
+            let snapshot = self.snapshot();
+            if snapshot.applied >= index {
+                return Ok(snapshot);
+            }
+            drop(snapshot);
+            publishes
+                .changed()
+                .await
+                .map_err(|_| ApiError::ShuttingDown)?;
+        }
     }
 
     /// Announces that history up to `upto` is about to be deleted from disk.
@@ -152,7 +227,9 @@ impl WatchHub {
         Ok(())
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    /// Wakes at each publish. Only the revisions may be read from it: the
+    /// objects are behind the gate.
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
     }
 }
@@ -302,6 +379,59 @@ mod tests {
 
     fn revisions(records: &[Arc<HistoryRecord>]) -> Vec<u64> {
         records.iter().map(|r| r.revision).collect()
+    }
+
+    fn with_object(revision: u64) -> Snapshot {
+        let object = Arc::new(pb::Object::from(pb::Namespace {
+            metadata: Some(pb::ObjectMeta {
+                name: format!("ns-{revision}"),
+                resource_version: revision,
+                ..Default::default()
+            }),
+            spec: None,
+        }));
+        let mut snapshot = at(revision);
+        snapshot.objects.insert(Arc::new(object.key()), object);
+        snapshot
+    }
+
+    /// A reader never sees the objects a reclaim took: it waits for the
+    /// next publish. A reader holding the snapshot prevents the reclaim.
+    #[test]
+    fn readers_wait_out_a_reclaim_and_holders_prevent_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(WatchHub::new(
+            Storage::open(dir.path()).unwrap(),
+            with_object(1),
+            0,
+            8,
+        ));
+        let held = hub.snapshot();
+        assert!(!hub.reclaim(), "a reader holds the snapshot");
+        assert_eq!(hub.snapshot().objects.len(), 1);
+        drop(held);
+
+        assert!(hub.reclaim());
+        assert!(hub.try_snapshot().is_none());
+        assert_eq!(hub.membership(), Arc::default());
+        let reader = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.snapshot())
+        };
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.publish(with_object(2), vec![]))
+        };
+        publisher.join().unwrap();
+        let seen = reader.join().unwrap();
+        assert_eq!((seen.revision, seen.objects.len()), (2, 1));
+        assert!(hub.try_snapshot().is_some());
+        drop(seen);
+
+        // A member whose storage failed mid-turn opens the gate too.
+        assert!(hub.reclaim());
+        hub.reopen(with_object(3));
+        assert_eq!(hub.snapshot().revision, 3);
     }
 
     /// Records the last checkpoint has not stored yet exist nowhere but in

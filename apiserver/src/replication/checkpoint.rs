@@ -59,14 +59,20 @@ impl Checkpointer {
             .spawn(move || {
                 let mut sizes = Sizes::default();
                 let mut buffer = Vec::new();
-                for job in queue {
+                for mut job in queue {
                     let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
                     if job.epoch != current.load(Ordering::Acquire) {
                         // A snapshot replaced the state (with a full segment).
                         sizes = Sizes::default();
                         continue;
                     }
-                    let result = write_sized(&storage, &job, &mut sizes, &mut buffer);
+                    let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
+                    if !full {
+                        // Let go of the raft loop's map at once: while a
+                        // clone of it lives, every change there copies.
+                        job.checkpoint.forget_objects();
+                    }
+                    let result = write_sized(&storage, &job, full, &mut sizes, &mut buffer);
                     let done = Input::CheckpointDone {
                         epoch: job.epoch,
                         applied: job.checkpoint.applied,
@@ -123,16 +129,16 @@ struct Sizes {
 /// Writes a full checkpoint atomically and makes it durable.
 pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
     let mut sizes = Sizes::default();
-    write_sized(storage, job, &mut sizes, &mut Vec::new())
+    write_sized(storage, job, true, &mut sizes, &mut Vec::new())
 }
 
 fn write_sized(
     storage: &Storage,
     job: &Job,
+    full: bool,
     sizes: &mut Sizes,
     buffer: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
-    let full = !sizes.known || sizes.deltas > sizes.full.max(1 << 20);
     // Four steps, none of which holds sled's global write lock for long
     // (an atomic batch does, and the raft loop's writes would wait behind
     // megabytes of segment): the history records, which a restart before

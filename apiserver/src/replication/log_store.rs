@@ -411,9 +411,15 @@ impl raft::Storage for LogStore {
     }
 
     /// The state as last published: an immutable view at its applied index,
-    /// shelved for the transport, which streams its objects.
+    /// shelved for the transport, which streams its objects. Not while the
+    /// raft loop (the caller) is applying entries to a reclaimed map: raft
+    /// asks again later.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<RaftSnapshot> {
-        let view = self.hub.snapshot();
+        let Some(view) = self.hub.try_snapshot() else {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
         if view.applied < request_index {
             return Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable,

@@ -357,6 +357,8 @@ impl Node {
             )));
         }
         self.by_index.clear();
+        // Readers waiting for this turn's publish must not wait forever.
+        self.hub.reopen(self.machine.snapshot());
         let error = ApiError::storage(reason);
         if error.is_disk_full() {
             self.disk.filled_up();
@@ -793,6 +795,11 @@ impl Node {
         records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>,
         answers: &mut Vec<(Reply, Result<Applied, ApiError>)>,
     ) -> Result<(), StorageError> {
+        if !entries.is_empty() {
+            // Apply in place if no reader holds the published state; readers
+            // wait for this turn's publish.
+            self.hub.reclaim();
+        }
         for entry in entries {
             let index = entry.index;
             if index <= self.machine.applied() {

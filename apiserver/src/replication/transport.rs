@@ -113,8 +113,7 @@ impl Transport {
             }
             let address = self
                 .hub
-                .snapshot()
-                .membership
+                .membership()
                 .address(to)
                 .map(str::to_string)
                 .or_else(|| {
