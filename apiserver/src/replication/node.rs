@@ -8,12 +8,13 @@
 //! 2. install a snapshot, if one arrived;
 //! 3. append new entries and the hard state — one batch, one fsync for every
 //!    proposal of the turn (group commit);
-//! 4. apply committed entries to the state machine, answer their proposers;
+//! 4. apply committed entries to the state machine (raft-rs hands out only
+//!    ones this member has persisted) and publish them to readers and
+//!    watchers;
 //! 5. only now send the messages that acknowledge persisted entries;
-//! 6. advance, and apply what that commits.
+//! 6. advance, apply and publish what that commits.
 //!
-//! Then the new state is published to readers and watchers, and pending
-//! linearizable reads are answered. A proposal is answered once its entry is
+//! Then proposers are answered and pending linearizable reads too. A proposal is answered once its entry is
 //! applied — or failed when another entry took its index (leadership changed)
 //! or it timed out; its outcome is then unknown to the client.
 
@@ -702,7 +703,14 @@ impl Node {
 
         let mut records = Vec::new();
         let mut answers = Vec::new();
+        let applied = self.machine.applied();
         self.apply(ready.take_committed_entries(), &mut records, &mut answers)?;
+        if self.machine.applied() > applied {
+            // Committed entries are already in this member's log (raft-rs
+            // hands out only persisted ones): readers may see them now rather
+            // than wait at the hub's gate through the flush below.
+            self.publish_applied(&mut records);
+        }
         if ready.must_sync() {
             self.storage.flush()?;
         }
@@ -716,7 +724,8 @@ impl Node {
         }
         self.transport.send(light.take_messages());
         self.apply(light.take_committed_entries(), &mut records, &mut answers)?;
-        self.queue_history(&records);
+        // Readers see the new state before writers hear back.
+        self.publish_applied(&mut records);
         // These writes are already safe in the log; flushing them too means
         // the store is quiet once writers hear back (nothing left to settle).
         let settle = !batch.is_empty();
@@ -726,8 +735,6 @@ impl Node {
         }
         self.raw.advance_apply();
 
-        // Readers see the new state before writers hear back.
-        self.hub.publish(self.machine.snapshot(), records);
         for (reply, result) in answers {
             match (reply, result) {
                 (Reply::Write(r), result) => {
@@ -1035,6 +1042,14 @@ impl Node {
     /// Queues the records not stored yet for the next checkpoint (a restart
     /// replays the log after the last checkpoint, and makes again records
     /// that are stored already).
+    /// Publishes the state as applied so far with its new history records
+    /// (queued for the next checkpoint too), which opens the hub's gate.
+    fn publish_applied(&mut self, records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>) {
+        self.queue_history(records);
+        self.hub
+            .publish(self.machine.snapshot(), std::mem::take(records));
+    }
+
     fn queue_history(&mut self, records: &[Arc<berth_proto::internal::HistoryRecord>]) {
         let new = records.partition_point(|r| r.revision <= self.history_stored);
         if let Some(last) = records[new..].last() {
