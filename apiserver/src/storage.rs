@@ -102,6 +102,8 @@ const KEY_LOG_START: &[u8] = b"r:start";
 const PREFIX_SEGMENT: &[u8] = b"s:";
 const PREFIX_HISTORY: &[u8] = b"h:";
 const PREFIX_ENTRY_GROUP: &[u8] = b"r:g:";
+/// The groups format 3 kept in the default tree and format 4 in their own.
+const MOVED_IN_FORMAT_4: [&[u8]; 2] = [PREFIX_ENTRY_GROUP, PREFIX_HISTORY];
 
 /// sled's page cache. The apiserver keeps every object decoded in memory
 /// anyway (see `state`), so sled's cache mostly absorbs writes and log reads.
@@ -422,7 +424,7 @@ impl Storage {
     /// values); one after it leaves originals that the next open removes.
     fn upgrade_from_3(&self) -> Result<(), StorageError> {
         tracing::info!("upgrading the store from format 3 to {FORMAT}");
-        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+        for prefix in MOVED_IN_FORMAT_4 {
             let tree = self.tree_of(prefix);
             for item in self.db.scan_prefix(prefix) {
                 let (key, value) = item?;
@@ -439,7 +441,7 @@ impl Storage {
     /// of their own (left by an upgrade that a crash cut short).
     fn drop_moved_keys(&self) -> Result<(), StorageError> {
         let mut moved = false;
-        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+        for prefix in MOVED_IN_FORMAT_4 {
             for key in self.db.scan_prefix(prefix).keys() {
                 self.db.remove(key?)?;
                 moved = true;
@@ -602,14 +604,11 @@ impl Storage {
 
     /// The tree a key lives in.
     fn tree_of(&self, key: &[u8]) -> &sled::Tree {
-        if key.starts_with(PREFIX_SEGMENT) {
-            &self.segments
-        } else if key.starts_with(PREFIX_ENTRY_GROUP) {
-            &self.log
-        } else if key.starts_with(PREFIX_HISTORY) {
-            &self.history
-        } else {
-            &self.db
+        match TreeOf::key(key) {
+            TreeOf::Main => &self.db,
+            TreeOf::Segments => &self.segments,
+            TreeOf::Log => &self.log,
+            TreeOf::History => &self.history,
         }
     }
 
@@ -639,14 +638,11 @@ impl Storage {
         let trees = (default_tree, &self.segments, &self.log, &self.history);
         let result = trees.transaction(|(main, segments, log, history)| {
             for (key, value) in &ops {
-                let tree = if key.starts_with(PREFIX_SEGMENT) {
-                    segments
-                } else if key.starts_with(PREFIX_ENTRY_GROUP) {
-                    log
-                } else if key.starts_with(PREFIX_HISTORY) {
-                    history
-                } else {
-                    main
+                let tree = match TreeOf::key(key) {
+                    TreeOf::Main => main,
+                    TreeOf::Segments => segments,
+                    TreeOf::Log => log,
+                    TreeOf::History => history,
                 };
                 match value {
                     Some(value) => tree.insert(key.clone(), value.clone())?,
@@ -788,6 +784,28 @@ fn entry_group_key(index: u64) -> [u8; 12] {
     key[..4].copy_from_slice(PREFIX_ENTRY_GROUP);
     key[4..].copy_from_slice(&index.to_be_bytes());
     key
+}
+
+/// Which tree a key lives in, by its prefix.
+enum TreeOf {
+    Main,
+    Segments,
+    Log,
+    History,
+}
+
+impl TreeOf {
+    fn key(key: &[u8]) -> TreeOf {
+        if key.starts_with(PREFIX_SEGMENT) {
+            TreeOf::Segments
+        } else if key.starts_with(PREFIX_ENTRY_GROUP) {
+            TreeOf::Log
+        } else if key.starts_with(PREFIX_HISTORY) {
+            TreeOf::History
+        } else {
+            TreeOf::Main
+        }
+    }
 }
 
 /// The first key of the segment at `applied`: its chunks follow it. (Format
@@ -1033,7 +1051,7 @@ pub(crate) mod tests {
         assert_eq!(storage.read_group(1).unwrap().len(), 2);
         assert_eq!(storage.history_after(0, 10).unwrap().len(), 2);
         assert_eq!(storage.last_history_revision().unwrap(), 2);
-        for prefix in [PREFIX_ENTRY_GROUP, PREFIX_HISTORY] {
+        for prefix in MOVED_IN_FORMAT_4 {
             assert!(storage.db.scan_prefix(prefix).next().is_none());
         }
         drop(storage);

@@ -14,9 +14,10 @@
 //! 5. only now send the messages that acknowledge persisted entries;
 //! 6. advance, apply and publish what that commits.
 //!
-//! Then proposers are answered and pending linearizable reads too. A proposal is answered once its entry is
-//! applied — or failed when another entry took its index (leadership changed)
-//! or it timed out; its outcome is then unknown to the client.
+//! Then proposers are answered, and pending linearizable reads. A proposal is
+//! answered once its entry is applied — or failed when another entry took its
+//! index (leadership changed) or it timed out; its outcome is then unknown to
+//! the client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -1039,9 +1040,6 @@ impl Node {
         }
     }
 
-    /// Queues the records not stored yet for the next checkpoint (a restart
-    /// replays the log after the last checkpoint, and makes again records
-    /// that are stored already).
     /// Publishes the state as applied so far with its new history records
     /// (queued for the next checkpoint too), which opens the hub's gate.
     fn publish_applied(&mut self, records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>) {
@@ -1050,6 +1048,9 @@ impl Node {
             .publish(self.machine.snapshot(), std::mem::take(records));
     }
 
+    /// Queues the records not stored yet for the next checkpoint (a restart
+    /// replays the log after the last checkpoint, and makes again records
+    /// that are stored already).
     fn queue_history(&mut self, records: &[Arc<berth_proto::internal::HistoryRecord>]) {
         let new = records.partition_point(|r| r.revision <= self.history_stored);
         if let Some(last) = records[new..].last() {
