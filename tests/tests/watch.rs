@@ -237,3 +237,30 @@ async fn a_watch_from_a_compacted_revision_gets_a_clear_error() {
         }
     }
 }
+
+/// Reflectors list, then watch from the list's revision. A brand-new
+/// cluster's first list must not report revision 0, which a watch takes to
+/// mean "from now": the watcher would miss every object created between.
+#[tokio::test]
+async fn a_watch_from_the_first_list_of_a_new_cluster_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start(dir.path());
+    let client = server.client();
+    // Listed at once, possibly before the default namespace exists.
+    let listed = client.list(pb::Kind::Job, "").await.unwrap();
+    assert!(listed.objects.is_empty());
+    assert!(listed.revision > 0, "a list reported revision 0");
+    let seen = collect(
+        watch(&client, pb::Kind::Job, "", listed.revision)
+            .await
+            .unwrap(),
+    );
+    apply(&client, job("default", "first", 1)).await.unwrap();
+    wait_until(Duration::from_secs(10), "the first job's ADDED", || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.object.as_ref().is_some_and(|o| o.name() == "first"))
+    })
+    .await;
+}

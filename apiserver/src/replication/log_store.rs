@@ -89,6 +89,11 @@ impl LogStore {
         batch.put_hard_state(&hard_state)?;
         batch.put_conf_state(&conf_state)?;
         batch.put_applied(1);
+        // The cluster's creation is its first revision: a list never reports
+        // revision 0, which a watch takes to mean "from now" — a client that
+        // listed an empty new cluster and watched from there would miss the
+        // first objects.
+        batch.put_revision(1);
         batch.put_members(
             &crate::state::Membership {
                 conf_state,

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_proto::internal::{ApplyOp, Command, MemberChange as MemberChangeRecord, command::Op};
 use berth_proto::object::ObjectKey;
@@ -183,6 +183,9 @@ pub(crate) struct Node {
     restart: Option<oneshot::Sender<()>>,
     /// The term in which this member last proposed the default namespace.
     bootstrapped_in_term: u64,
+    /// The log index of that proposal: checked writes are decided once it
+    /// is applied.
+    bootstrap_index: u64,
     /// The applied index the stored state machine is current at.
     checkpointed: u64,
     /// A membership change asks for a checkpoint at the end of the turn.
@@ -265,6 +268,7 @@ impl Node {
             disk,
             restart: Some(restart),
             bootstrapped_in_term: 0,
+            bootstrap_index: 0,
             checkpointed: machine_applied,
             checkpoint_due: false,
             checkpoint_running: false,
@@ -285,7 +289,14 @@ impl Node {
         let tick = self.settings.tick;
         let mut next_tick = Instant::now() + tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // A turn may end with work raft-rs already has (a proposal made
+            // while deciding checked writes, the default namespace): take it
+            // on at once rather than at the next input or tick.
+            let wait = if self.failed.is_none() && self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.inputs.recv_timeout(wait) {
                 Ok(Input::Shutdown) => break,
                 Ok(input) => {
@@ -616,6 +627,13 @@ impl Node {
         if self.reads.is_empty() || self.raw.raft.leader_id == 0 {
             return;
         }
+        // raft-rs drops a read index asked of a leader that has not yet
+        // committed an entry of its term; keep the reads until it has (a
+        // turn or two after its election) rather than retry them an election
+        // timeout later.
+        if self.is_leader() && !self.raw.raft.commit_to_current_term() {
+            return;
+        }
         let ctx = self.next_read;
         self.next_read += 1;
         let reads = std::mem::take(&mut self.reads);
@@ -764,10 +782,14 @@ impl Node {
                 }
             }
         }
+        // Before checked writes are decided: one that names the default
+        // namespace of a brand-new cluster waits for it rather than be refused.
+        self.ensure_default_namespace();
         let applied = self.machine.applied();
+        let bootstrapped = self.bootstrap_index <= applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
             .into_iter()
-            .partition(|(index, _, _)| *index <= applied);
+            .partition(|(index, _, _)| *index <= applied && bootstrapped);
         self.deferred = waiting;
         for (_, command, reply) in ready {
             self.decide(*command, reply);
@@ -777,7 +799,6 @@ impl Node {
         self.checkpoint();
         self.compact_log()?;
         self.compact_history();
-        self.ensure_default_namespace();
         Ok(())
     }
 
@@ -1175,6 +1196,7 @@ impl Node {
             })),
         };
         self.propose(command, Reply::None);
+        self.bootstrap_index = self.raw.raft.raft_log.last_index();
     }
 
     fn status(&self) -> NodeStatus {
