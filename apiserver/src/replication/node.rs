@@ -786,7 +786,8 @@ impl Node {
         // namespace of a brand-new cluster waits for it rather than be refused.
         self.ensure_default_namespace();
         let applied = self.machine.applied();
-        let bootstrapped = self.bootstrap_index <= applied;
+        // (A deposed leader decides at once: its proposals fail over.)
+        let bootstrapped = !self.is_leader() || self.bootstrap_index <= applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
             .into_iter()
             .partition(|(index, _, _)| *index <= applied && bootstrapped);
