@@ -308,8 +308,15 @@ async fn a_task_over_its_memory_limit_is_reported_oom_killed() {
 ",
     );
     apply(&cluster, &manifest);
-    let status = wait_phase(&cluster, "hog-0", pb::TaskPhase::Failed).await;
-    assert!(status.oom_killed, "{status:?}");
+    // The engine may report the exit before it marks the container OOM
+    // killed (its "oom" event, which wakes the agent again, can come after
+    // "die"): the task must end up reported so.
+    wait_until(DEADLINE, "hog-0 Failed and OOM killed", || async {
+        let status = status_of(&cluster.task("hog-0").await);
+        status.phase() == pb::TaskPhase::Failed && status.oom_killed
+    })
+    .await;
+    let status = status_of(&cluster.task("hog-0").await);
     assert_eq!(status.exit_code, Some(137));
     assert!(status.message.contains("OOM killed"), "{}", status.message);
     let events = cluster.server.ctl(&["get", "events"]).ok();
