@@ -8,8 +8,7 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     init_logging();
     let config = berth_apiserver::Config::parse();
     let mut addresses = vec![config.listen.to_string()];
@@ -31,7 +30,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("berth-apiserver: error: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    match run(config).await {
+    let outcome = berth_proto::process::server_runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(config)));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-apiserver: error: {e:#}");

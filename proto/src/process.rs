@@ -76,3 +76,22 @@ where
         Err(_) => std::process::ExitCode::SUCCESS,
     }
 }
+
+/// The multi-threaded tokio runtime of a server (or of a load generator).
+///
+/// Built with `--cfg tokio_unstable` (the workspace's `.cargo/config.toml`),
+/// its workers have no LIFO slot. With the slot, a request task that
+/// finishes wakes its connection's task into the slot, which then runs at
+/// once and writes that one response to the socket: a `writev` (and, on
+/// loopback, the receiver's whole TCP receive path) per request. Without
+/// it, the connection task runs after the other requests answered in the
+/// same turn and writes all their responses at once. Measured with
+/// `berth-bench cluster` in alternating runs: 5% more writes per second at
+/// 5% less server CPU per write.
+pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}

@@ -195,9 +195,12 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration (e.g. 10s): {e}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    berth_proto::process::server_runtime()?.block_on(bench(Cli::parse().command))
+}
+
+async fn bench(command: Bench) -> anyhow::Result<()> {
+    match command {
         Bench::Writes {
             clients,
             duration,
