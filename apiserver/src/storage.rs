@@ -452,8 +452,9 @@ impl Storage {
     }
 
     /// Format 4 differs only in storing entry groups, history groups and
-    /// segment chunks plain, which this format reads: the marker alone changes, so that an
-    /// older berth-apiserver refuses the store rather than misread it.
+    /// segment chunks plain, which this format reads: the marker alone
+    /// changes, so that an older berth-apiserver refuses the store rather
+    /// than misread it.
     fn mark_format(&self) -> Result<(), StorageError> {
         tracing::info!("upgrading the store from format 4 to {FORMAT}");
         self.db.insert(KEY_FORMAT, &FORMAT.to_be_bytes())?;
@@ -1138,8 +1139,17 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let object = namespace("ns-1", 1);
         {
-            // Format 4: history groups and segment chunks stored plain.
+            // Format 4: entry groups, history groups and segment chunks
+            // stored plain.
             let db = sled::open(dir.path().join("store")).unwrap();
+            let mut group = EntryGroup::default();
+            for entry in term_1_entries(1..=2) {
+                group.entries.push(entry.write_to_bytes().unwrap());
+            }
+            db.open_tree(LOG_TREE)
+                .unwrap()
+                .insert(entry_group_key(1), group.encode_to_vec())
+                .unwrap();
             db.insert(KEY_FORMAT, &4u64.to_be_bytes()).unwrap();
             db.insert(KEY_REVISION, &1u64.to_be_bytes()).unwrap();
             db.insert(KEY_APPLIED, &1u64.to_be_bytes()).unwrap();
@@ -1170,6 +1180,8 @@ pub(crate) mod tests {
         }
         let storage = Storage::open(dir.path()).unwrap();
         assert_eq!(storage.read_u64(KEY_FORMAT).unwrap(), FORMAT);
+        assert_eq!(storage.load_log().unwrap().terms, vec![1, 1]);
+        assert_eq!(storage.read_group(1).unwrap().len(), 2);
         let loaded = storage.load().unwrap();
         assert_eq!(loaded.objects.len(), 1);
         assert_eq!(storage.history_after(0, 10).unwrap().len(), 1);

@@ -40,8 +40,8 @@ pub struct Job {
 /// and writes every object, so with 1 a member spent as much on fulls as on
 /// deltas; 3 makes fulls a third as frequent, for up to four times the live
 /// objects on disk (and read at a restart). Measured with `berth-bench
-/// cluster` in alternating runs: 3% more writes per second (4 pairs of 4),
-/// 4% less server CPU per write, p99 12 ms rather than 14.
+/// cluster`, 4 alternating pairs of runs: 3% more writes per second, 4%
+/// less server CPU per write, p99 12 ms rather than 14.
 const DELTAS_PER_FULL: usize = 3;
 
 /// History records per stored group: small enough that sled keeps a group
