@@ -156,15 +156,19 @@ fn write_sized(
     // the bookkeeping makes again identical from the log; the segment
     // alone, keyed by its index, which a restart ignores until the
     // bookkeeping reaches it; then that bookkeeping, small and atomic; then,
-    // after a full segment, the removal of the segments it replaces.
+    // after a full segment, the removal of the segments it replaces. The
+    // bulk goes out to the disk here (`write_out`), not with the raft
+    // loop's next flush.
     for group in job.history.chunks(HISTORY_GROUP) {
         let mut batch = WriteBatch::new();
         batch.put_history_with(group, buffer);
         storage.write(batch)?;
+        storage.write_out()?;
     }
     let mut batch = WriteBatch::new();
     let bytes = job.checkpoint.put_segment(full, &mut batch);
     storage.write(batch)?;
+    storage.write_out()?;
     let mut batch = WriteBatch::new();
     job.checkpoint.put_bookkeeping(&mut batch);
     batch.put_conf_state(&job.conf_state)?;
