@@ -1130,7 +1130,8 @@ pub(crate) mod tests {
             }
             db.flush().unwrap();
         }
-        let storage = Storage::open(dir.path()).unwrap();
+        // sled's threads may hold the raw store's lock a moment longer.
+        let storage = reopen(dir.path());
         assert_eq!(storage.read_u64(KEY_FORMAT).unwrap(), FORMAT);
         assert_eq!(storage.load_log().unwrap().terms, vec![1, 1]);
         assert_eq!(storage.read_group(1).unwrap().len(), 2);
@@ -1189,7 +1190,8 @@ pub(crate) mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let storage = Storage::open(dir.path()).unwrap();
+        // sled's threads may hold the raw store's lock a moment longer.
+        let storage = reopen(dir.path());
         assert_eq!(storage.read_u64(KEY_FORMAT).unwrap(), FORMAT);
         assert_eq!(storage.load_log().unwrap().terms, vec![1, 1]);
         assert_eq!(storage.read_group(1).unwrap().len(), 2);

@@ -124,6 +124,37 @@ fn exit_message(exit: &Exit, killed_because: Option<&str>) -> String {
     parts.join("; ")
 }
 
+/// How long after a SIGKILL exit (137) reported as plain Failed the agent
+/// still looks for the engine's OOM mark on the container. The engine's
+/// "oom" event can land seconds after "die" on a busy machine, past
+/// [`OOM_SETTLE_MS`]; a task must not stay reported as merely killed.
+pub const LATE_OOM_WINDOW_MS: i64 = 30_000;
+
+/// Whether an ended task may still learn that it was OOM killed: it failed
+/// with 137, not so marked, within [`LATE_OOM_WINDOW_MS`].
+pub fn may_learn_oom_kill(status: &pb::TaskStatus, now_ms: i64) -> bool {
+    status.phase() == pb::TaskPhase::Failed
+        && status.exit_code == Some(137)
+        && !status.oom_killed
+        && now_ms < status.finished_at_ms.saturating_add(LATE_OOM_WINDOW_MS)
+}
+
+/// The corrected status of an ended task whose container's exit the engine
+/// has since marked OOM killed; `None` if there is nothing to correct.
+pub fn late_oom_kill(status: &pb::TaskStatus, exit: &Exit) -> Option<pb::TaskStatus> {
+    if status.phase() != pb::TaskPhase::Failed
+        || status.oom_killed
+        || !exit.oom_killed
+        || status.exit_code != Some(exit.code)
+    {
+        return None;
+    }
+    let mut corrected = status.clone();
+    corrected.oom_killed = true;
+    corrected.message = exit_message(exit, None);
+    Some(corrected)
+}
+
 /// The steps for a task bound to this node that has not ended.
 pub fn decide(task: &pb::Task, seen: &Seen<'_>, now_ms: i64, backoff: &Backoff) -> Vec<Step> {
     let status = task.status.clone().unwrap_or_default();
@@ -429,6 +460,35 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn an_oom_mark_that_comes_late_corrects_an_ended_task() {
+        let mut status = pb::TaskStatus {
+            phase: pb::TaskPhase::Failed as i32,
+            exit_code: Some(137),
+            finished_at_ms: 1_000,
+            message: "exited with code 137".into(),
+            ..Default::default()
+        };
+        assert!(may_learn_oom_kill(&status, 2_000));
+        assert!(!may_learn_oom_kill(&status, 1_000 + LATE_OOM_WINDOW_MS));
+        assert_eq!(late_oom_kill(&status, &exit(137, false)), None);
+        let corrected = late_oom_kill(&status, &exit(137, true)).unwrap();
+        assert!(corrected.oom_killed);
+        assert!(
+            corrected.message.contains("OOM killed"),
+            "{}",
+            corrected.message
+        );
+        assert_eq!(corrected.phase(), pb::TaskPhase::Failed);
+        // Once marked, or for another exit, nothing more to correct.
+        status.oom_killed = true;
+        assert!(!may_learn_oom_kill(&status, 2_000));
+        assert_eq!(late_oom_kill(&status, &exit(137, true)), None);
+        status.oom_killed = false;
+        status.exit_code = Some(1);
+        assert!(!may_learn_oom_kill(&status, 2_000));
     }
 
     #[test]

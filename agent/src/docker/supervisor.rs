@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::decide::{Backoff, Seen, Step, decide};
+use super::decide::{self, Backoff, Seen, Step, decide};
 use super::health::{Probe, Unhealthy, run_prober};
 use super::runtime::{Container, ContainerState, CreateError, Engine, Exit};
 use crate::metrics::Metrics;
@@ -315,6 +315,23 @@ impl Supervisor {
     }
 
     /// One reconciliation of containers against tasks.
+    /// An ended task's status corrected once the engine marks its exit
+    /// OOM killed after the agent reported it (see `decide::late_oom_kill`).
+    async fn late_oom_kill(
+        &self,
+        object: &pb::Object,
+        container: Option<&Container>,
+        now: i64,
+    ) -> Option<pb::TaskStatus> {
+        let status = object.as_task()?.status.as_ref()?;
+        let container = container.filter(|c| c.state == ContainerState::Exited)?;
+        if !decide::may_learn_oom_kill(status, now) {
+            return None;
+        }
+        let exit = self.engine.inspect_exit(&container.id).await.ok()?;
+        decide::late_oom_kill(status, &exit)
+    }
+
     async fn pass(&mut self) {
         let containers = match self.engine.list().await {
             Ok(c) => c,
@@ -370,7 +387,21 @@ impl Supervisor {
         let tasks: Vec<Arc<pb::Object>> = self.tasks.values().cloned().collect();
         for object in tasks {
             let uid = uid_of(&object).to_string();
-            if task_phase(&object).is_terminal() || self.busy.contains(&uid) {
+            if self.busy.contains(&uid) {
+                continue;
+            }
+            if task_phase(&object).is_terminal() {
+                let newest = by_task
+                    .get(&uid)
+                    .and_then(|mine| mine.iter().max_by_key(|c| c.created).copied());
+                if let Some(corrected) = self.late_oom_kill(&object, newest, now).await {
+                    events.push(warning(&object, "OOMKilled", &corrected.message));
+                    let mut changed = (*object).clone();
+                    if let Some(pb::object::Kind::Task(t)) = &mut changed.kind {
+                        t.status = Some(corrected);
+                    }
+                    reports.push(changed);
+                }
                 continue;
             }
             let Some(task) = object.as_task() else {
