@@ -314,7 +314,6 @@ impl Supervisor {
         }
     }
 
-    /// One reconciliation of containers against tasks.
     /// An ended task's status corrected once the engine marks its exit
     /// OOM killed after the agent reported it (see `decide::late_oom_kill`).
     async fn late_oom_kill(
@@ -332,6 +331,7 @@ impl Supervisor {
         decide::late_oom_kill(status, &exit)
     }
 
+    /// One reconciliation of containers against tasks.
     async fn pass(&mut self) {
         let containers = match self.engine.list().await {
             Ok(c) => c,
