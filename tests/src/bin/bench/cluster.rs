@@ -309,8 +309,8 @@ impl Etcd {
         // The election timeout of Berth's defaults (400 ms); etcd wants a
         // heartbeat of at most a fifth of it.
         let cluster = EtcdCluster::start(options.replicas as usize, 80, 400)?;
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let client = Arc::new(EtcdClient::new(&cluster.endpoints())?);
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        let client = Arc::new(EtcdClient::new(&cluster.endpoints())?.starting_at(leader));
         let value = vec![b'x'; value_bytes];
         client.put("bench-read".into(), value.clone()).await?;
         Ok(Etcd {

@@ -190,7 +190,10 @@ fn which(program: &str) -> anyhow::Result<()> {
 }
 
 /// An etcd client that sends to the member that answered last and moves on
-/// when it fails — the same policy as Berth's client.
+/// when it fails — the same policy as Berth's client. It starts at the
+/// leader ([`EtcdClient::starting_at`]) as Berth's client gets there by the
+/// leader hint: at a follower, etcd forwards every write to the leader, and
+/// measured about 9,000 writes per second against 10,600 at the leader.
 pub struct EtcdClient {
     channels: Vec<Channel>,
     current: AtomicUsize,
@@ -206,6 +209,12 @@ impl EtcdClient {
             channels,
             current: AtomicUsize::new(0),
         })
+    }
+
+    /// Sends to member `index` first.
+    pub fn starting_at(self, index: usize) -> EtcdClient {
+        self.current.store(index, Ordering::Relaxed);
+        self
     }
 
     async fn with_failover<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
