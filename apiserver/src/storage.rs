@@ -498,9 +498,7 @@ impl Storage {
             .range(segment_key(0).as_slice()..past.as_slice())
         {
             let (key, value) = item?;
-            let segment = decompressed(&value)
-                .and_then(|plain| StateSegment::decode(plain.as_ref()).map_err(|e| e.to_string()));
-            let segment = segment.map_err(|e| {
+            let segment = decode_stored::<StateSegment>(&value).map_err(|e| {
                 StorageError::Corrupt(format!(
                     "state segment {:?} does not decode: {e}",
                     String::from_utf8_lossy(&key)
@@ -723,8 +721,7 @@ impl Storage {
             if !key.starts_with(PREFIX_HISTORY) || records.len() >= limit {
                 break;
             }
-            let group = decompressed(&value)
-                .and_then(|plain| HistoryGroup::decode(plain.as_ref()).map_err(|e| e.to_string()))
+            let group = decode_stored::<HistoryGroup>(&value)
                 .map_err(|e| StorageError::Corrupt(format!("history does not decode: {e}")))?;
             records.extend(group.records.into_iter().filter(|r| r.revision > after));
         }
@@ -791,8 +788,7 @@ impl Storage {
 }
 
 fn decode_group(bytes: &[u8]) -> Result<Vec<Entry>, StorageError> {
-    let group = decompressed(bytes)
-        .and_then(|plain| EntryGroup::decode(plain.as_ref()).map_err(|e| e.to_string()))
+    let group = decode_stored::<EntryGroup>(bytes)
         .map_err(|e| StorageError::Corrupt(format!("a raft entry group does not decode: {e}")))?;
     group
         .entries
@@ -907,6 +903,12 @@ fn decompressed(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
         ));
     }
     Ok(std::borrow::Cow::Owned(plain))
+}
+
+/// A stored entry group, history group or segment chunk, decoded.
+fn decode_stored<M: prost::Message + Default>(value: &[u8]) -> Result<M, String> {
+    let plain = decompressed(value)?;
+    M::decode(plain.as_ref()).map_err(|e| e.to_string())
 }
 
 /// Bytes of objects per stored chunk of a segment. sled keeps up to 16 keys

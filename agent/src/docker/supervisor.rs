@@ -396,11 +396,7 @@ impl Supervisor {
                     .and_then(|mine| mine.iter().max_by_key(|c| c.created).copied());
                 if let Some(corrected) = self.late_oom_kill(&object, newest, now).await {
                     events.push(warning(&object, "OOMKilled", &corrected.message));
-                    let mut changed = (*object).clone();
-                    if let Some(pb::object::Kind::Task(t)) = &mut changed.kind {
-                        t.status = Some(corrected);
-                    }
-                    reports.push(changed);
+                    reports.push(with_status(&object, corrected));
                 }
                 continue;
             }
@@ -477,11 +473,7 @@ impl Supervisor {
                             };
                             events.push(warning(&object, reason, error));
                         }
-                        let mut changed = (*object).clone();
-                        if let Some(pb::object::Kind::Task(t)) = &mut changed.kind {
-                            t.status = Some(status);
-                        }
-                        reports.push(changed);
+                        reports.push(with_status(&object, status));
                     }
                     Step::Create { restarts } => {
                         let restart = restarts > restarts_before;
@@ -665,6 +657,15 @@ impl Supervisor {
 }
 
 /// A warning Event about a task, from this agent.
+/// The task with `status` in place of its own, to report.
+fn with_status(task: &pb::Object, status: pb::TaskStatus) -> pb::Object {
+    let mut changed = task.clone();
+    if let Some(pb::object::Kind::Task(t)) = &mut changed.kind {
+        t.status = Some(status);
+    }
+    changed
+}
+
 fn warning(task: &pb::Object, reason: &str, message: &str) -> pb::Object {
     berth_proto::object::task_warning(task, reason, message.to_string(), "berth-agent", now_ms())
 }
