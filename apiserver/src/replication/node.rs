@@ -11,7 +11,9 @@
 //! 4. apply committed entries to the state machine (raft-rs hands out only
 //!    ones this member has persisted) and publish them to readers and
 //!    watchers;
-//! 5. only now send the messages that acknowledge persisted entries;
+//! 5. only after the fsync send the messages that acknowledge persisted
+//!    entries (a follower does 3 and 5 before 4: the leader waits for its
+//!    acknowledgement, nobody waits for its applying);
 //! 6. advance, apply and publish what that commits.
 //!
 //! Then proposers are answered, and pending linearizable reads. A proposal is
@@ -734,6 +736,17 @@ impl Node {
                 .set_hard_state(hs.clone(), &mut log_batch)?;
         }
         self.storage.write(log_batch)?;
+        // A follower acknowledges the new entries before it applies the
+        // committed ones: its acknowledgement is what the leader waits for
+        // to commit, its applying is what nobody waits for. A leader
+        // applies first: its writers hear back before the flush.
+        let acknowledge_first = !self.is_leader();
+        if acknowledge_first {
+            if ready.must_sync() {
+                self.storage.flush()?;
+            }
+            self.transport.send(ready.take_persisted_messages());
+        }
 
         let mut records = Vec::new();
         let mut answers = Vec::new();
@@ -753,10 +766,12 @@ impl Node {
         if answer_early {
             answer(&mut answers);
         }
-        if ready.must_sync() {
-            self.storage.flush()?;
+        if !acknowledge_first {
+            if ready.must_sync() {
+                self.storage.flush()?;
+            }
+            self.transport.send(ready.take_persisted_messages());
         }
-        self.transport.send(ready.take_persisted_messages());
         let read_states = ready.take_read_states();
 
         let mut light = self.raw.advance(ready);

@@ -15,6 +15,7 @@ use crate::load::{self, Stats};
 pub struct Options {
     pub replicas: u64,
     pub clients: usize,
+    pub connections: usize,
     pub duration: Duration,
     pub failovers: usize,
     pub etcd: bool,
@@ -83,8 +84,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // The value etcd stores is as large as the job Berth stores.
     let value_bytes = job("default", "bench-0-0", 1).encoded_len();
     println!(
-        "{} replicas on this machine, {} clients, {:?} per measurement, writes of {value_bytes}-byte objects",
-        options.replicas, options.clients, options.duration
+        "{} replicas on this machine, {} clients over {} connections, {:?} per measurement, writes of {value_bytes}-byte objects",
+        options.replicas, options.clients, options.connections, options.duration
     );
     let mut berth = Berth::start(&options).await?;
     let mut etcd = match options.etcd {
@@ -202,6 +203,8 @@ fn tls_for_the_run(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 struct Berth {
     cluster: Cluster,
     client: Arc<berth_proto::connect::BerthClient>,
+    /// The clients of the load, one per connection.
+    connections: Arc<Vec<berth_proto::connect::BerthClient>>,
     pids: Vec<u32>,
     row: Row,
     _pki_dir: tempfile::TempDir,
@@ -220,6 +223,7 @@ impl Berth {
         cluster.wait_for_leader(Duration::from_secs(20)).await;
         let client = Arc::new(cluster.client());
         apply(&client, job("default", "bench-read", 1)).await?;
+        let connections = Arc::new((0..options.connections).map(|_| cluster.client()).collect());
         let pids = cluster.members.iter().filter_map(|m| m.pid()).collect();
         let name = format!(
             "berth ({}){}",
@@ -229,6 +233,7 @@ impl Berth {
         Ok(Berth {
             cluster,
             client,
+            connections,
             pids,
             row: Row::new(name),
             _pki_dir: pki_dir,
@@ -236,14 +241,15 @@ impl Berth {
     }
 
     async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
-        let c = self.client.clone();
+        let connections = self.connections.clone();
         self.row
             .writes
             .measure(&self.pids, clients, duration, move |client, i| {
-                let c = c.clone();
+                let connections = connections.clone();
                 async move {
+                    let c = &connections[client % connections.len()];
                     let name = format!("bench-{round}-{client}-{i}");
-                    apply(&c, job("default", &name, 1)).await?;
+                    apply(c, job("default", &name, 1)).await?;
                     Ok(())
                 }
             })
@@ -251,12 +257,13 @@ impl Berth {
     }
 
     async fn reads(&mut self, clients: usize, duration: Duration) {
-        let c = self.client.clone();
+        let connections = self.connections.clone();
         self.row
             .reads
-            .measure(&self.pids, clients, duration, move |_, _| {
-                let c = c.clone();
+            .measure(&self.pids, clients, duration, move |client, _| {
+                let connections = connections.clone();
                 async move {
+                    let c = &connections[client % connections.len()];
                     c.call(|mut k| async move {
                         k.get(pb::GetRequest {
                             kind: pb::Kind::Job as i32,
@@ -300,6 +307,8 @@ impl Berth {
 struct Etcd {
     cluster: EtcdCluster,
     client: Arc<EtcdClient>,
+    /// The clients of the load, one per connection.
+    connections: Arc<Vec<EtcdClient>>,
     value: Vec<u8>,
     row: Row,
 }
@@ -311,34 +320,44 @@ impl Etcd {
         let cluster = EtcdCluster::start(options.replicas as usize, 80, 400)?;
         let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
         let client = Arc::new(EtcdClient::new(&cluster.endpoints())?.starting_at(leader));
+        let connections = (0..options.connections)
+            .map(|_| Ok(EtcdClient::new(&cluster.endpoints())?.starting_at(leader)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let value = vec![b'x'; value_bytes];
         client.put("bench-read".into(), value.clone()).await?;
         Ok(Etcd {
             cluster,
             client,
+            connections: Arc::new(connections),
             value,
             row: Row::new(format!("etcd 3.4 ({})", options.replicas)),
         })
     }
 
     async fn writes(&mut self, clients: usize, duration: Duration, round: u32) {
-        let (c, v) = (self.client.clone(), self.value.clone());
+        let (connections, v) = (self.connections.clone(), self.value.clone());
         self.row
             .writes
             .measure(&self.cluster.pids(), clients, duration, move |client, i| {
-                let (c, v) = (c.clone(), v.clone());
-                async move { c.put(format!("bench/{round}/{client}/{i}"), v).await }
+                let (connections, v) = (connections.clone(), v.clone());
+                async move {
+                    let c = &connections[client % connections.len()];
+                    c.put(format!("bench/{round}/{client}/{i}"), v).await
+                }
             })
             .await;
     }
 
     async fn reads(&mut self, clients: usize, duration: Duration) {
-        let c = self.client.clone();
+        let connections = self.connections.clone();
         self.row
             .reads
-            .measure(&self.cluster.pids(), clients, duration, move |_, _| {
-                let c = c.clone();
-                async move { c.get("bench-read").await }
+            .measure(&self.cluster.pids(), clients, duration, move |client, _| {
+                let connections = connections.clone();
+                async move {
+                    let c = &connections[client % connections.len()];
+                    c.get("bench-read").await
+                }
             })
             .await;
     }
