@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Deterministic map order keeps encoded objects byte-for-byte stable, so an
     // unchanged object encodes the same way on every replica and every read.
     config.btree_map(["."]);
+    // Hand-written, to share its objects with the state machine (`history.rs`).
+    config.extern_path(".berth.internal.v1.Change", "crate::history::Change");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -29,7 +29,7 @@ use berth_proto::quantity::{format_cpu, format_memory};
 
 use crate::allocation::Allocations;
 use crate::error::ApiError;
-use crate::state::{self, Membership, ObjectMap, Snapshot};
+use crate::state::{self, MapKey, Membership, ObjectMap, Snapshot};
 use crate::storage::{Loaded, SegmentChunks, WriteBatch};
 use raft::eraftpb::ConfState;
 
@@ -103,7 +103,7 @@ type ObjectIndex = HashMap<Arc<ObjectKey>, Arc<pb::Object>, FastHash>;
 fn index_of(objects: &ObjectMap) -> ObjectIndex {
     objects
         .iter()
-        .map(|(key, object)| (key.clone(), object.clone()))
+        .map(|(key, object)| (key.shared().clone(), object.clone()))
         .collect()
 }
 
@@ -172,10 +172,10 @@ impl StateMachine {
         let objects: ObjectMap = loaded
             .objects
             .into_iter()
-            .map(|o| (Arc::new(o.key()), Arc::new(o)))
+            .map(|o| (MapKey::new(Arc::new(o.key())), Arc::new(o)))
             .collect();
         StateMachine {
-            allocations: Allocations::build(objects.iter()),
+            allocations: Allocations::build(objects.iter().map(|(k, o)| (k.shared(), o))),
             demands: JobDemands::build(objects.values()),
             index: index_of(&objects),
             objects,
@@ -295,7 +295,7 @@ impl StateMachine {
         for key in plan.deletes {
             let key = Arc::new(key);
             self.index.remove(&key);
-            if let Some(old) = self.objects.remove(&key) {
+            if let Some(old) = self.objects.remove(&MapKey::new(key.clone())) {
                 self.allocations.account(&key, Some(&old), None);
                 self.demands.account(Some(&old), None);
             }
@@ -304,7 +304,9 @@ impl StateMachine {
         for object in plan.puts {
             let key = Arc::new(object.key());
             self.index.insert(key.clone(), object.clone());
-            let old = self.objects.insert(key.clone(), object.clone());
+            let old = self
+                .objects
+                .insert(MapKey::new(key.clone()), object.clone());
             self.allocations
                 .account(&key, old.as_deref(), Some(&object));
             self.demands.account(old.as_deref(), Some(&object));
@@ -390,10 +392,10 @@ impl StateMachine {
         segment.finish();
         self.objects = objects
             .into_iter()
-            .map(|o| (Arc::new(o.key()), Arc::new(o)))
+            .map(|o| (MapKey::new(Arc::new(o.key())), Arc::new(o)))
             .collect();
         self.index = index_of(&self.objects);
-        self.allocations = Allocations::build(self.objects.iter());
+        self.allocations = Allocations::build(self.objects.iter().map(|(k, o)| (k.shared(), o)));
         self.demands = JobDemands::build(self.objects.values());
         self.revision = revision;
         self.applied = index;
@@ -611,7 +613,7 @@ impl StateMachine {
             deletes.push(victim.key());
             changes.push(Change {
                 r#type: pb::WatchEventType::Deleted as i32,
-                object: Some(gone),
+                object: Some(Arc::new(gone)),
                 prev: None,
             });
         }
@@ -776,8 +778,8 @@ impl Plan {
         let new = Arc::new(new);
         self.changes.push(Change {
             r#type: pb::WatchEventType::Modified as i32,
-            object: Some((*new).clone()),
-            prev: Some((**current).clone()),
+            object: Some(new.clone()),
+            prev: Some(current.clone()),
         });
         self.puts.push(new);
     }
@@ -795,8 +797,8 @@ impl Plan {
             deletes: Vec::new(),
             changes: vec![Change {
                 r#type: change_type as i32,
-                object: Some((*new).clone()),
-                prev: current.map(|c| (**c).clone()),
+                object: Some(new.clone()),
+                prev: current.cloned(),
             }],
         }
     }

@@ -1046,7 +1046,7 @@ pub(crate) mod tests {
                     revision,
                     changes: vec![Change {
                         r#type: pb::WatchEventType::Added as i32,
-                        object: Some(object.clone()),
+                        object: Some(std::sync::Arc::new(object.clone())),
                         prev: None,
                     }],
                 }));
@@ -1181,7 +1181,7 @@ pub(crate) mod tests {
                     revision: 1,
                     changes: vec![Change {
                         r#type: pb::WatchEventType::Added as i32,
-                        object: Some(object.clone()),
+                        object: Some(std::sync::Arc::new(object.clone())),
                         prev: None,
                     }],
                 }],

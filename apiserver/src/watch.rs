@@ -293,7 +293,7 @@ impl Filter {
         };
         Some(pb::WatchEvent {
             r#type: ty as i32,
-            object: Some(object.clone()),
+            object: Some((**object).clone()),
             revision,
         })
     }
@@ -391,7 +391,9 @@ mod tests {
             spec: None,
         }));
         let mut snapshot = at(revision);
-        snapshot.objects.insert(Arc::new(object.key()), object);
+        snapshot
+            .objects
+            .insert(crate::state::MapKey::new(Arc::new(object.key())), object);
         snapshot
     }
 

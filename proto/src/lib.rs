@@ -21,6 +21,7 @@ pub mod backup;
 pub mod capacity;
 pub mod connect;
 pub mod defaults;
+pub mod history;
 pub mod metrics;
 pub mod object;
 pub mod pki;
@@ -48,4 +49,7 @@ mod generated {
 pub use generated::berth::v1 as pb;
 
 /// The apiserver's log and storage records, package `berth.internal.v1`.
-pub use generated::berth::internal::v1 as internal;
+pub mod internal {
+    pub use crate::generated::berth::internal::v1::*;
+    pub use crate::history::Change;
+}
