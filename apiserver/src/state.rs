@@ -51,10 +51,11 @@ impl MapKey {
             }
             length += 1;
         };
-        // kind, then namespace and name with every 0 byte escaped as 0 255
-        // and the namespace ended by 0 0: byte order of the encoding is the
-        // order of (kind, namespace, name), and no encoding is another's
-        // prefix followed by zeros.
+        // The kind, then the namespace and the name, each with every 0 byte
+        // escaped as 0 255 and ended by 0 0: the byte order of encodings is
+        // the order of (kind, namespace, name), two keys never share an
+        // encoding, and no encoding is another's followed by zeros (which
+        // is what makes equal whole prefixes of equal length equal keys).
         for byte in ((key.kind as i32 as u32) ^ (1 << 31)).to_be_bytes() {
             push(byte);
         }
