@@ -71,13 +71,11 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         clients: usize,
         /// Clients sharing one gRPC connection, for both systems alike
-        /// (client i uses connection i mod connections). 8 by default, as
-        /// many deployments have one client process per connection and
-        /// etcd's own benchmark is run with about ten clients per connection
-        /// (`--conns 100 --clients 1000`); as many as --clients measures
-        /// everything over one connection.
-        #[arg(long, default_value_t = 8)]
-        clients_per_connection: usize,
+        /// (client i uses connection i mod connections); all of them by
+        /// default. etcd's performance guide measures with ten
+        /// (`--conns=100 --clients=1000`).
+        #[arg(long)]
+        clients_per_connection: Option<usize>,
         #[arg(long, default_value = "10s", value_parser = humantime_duration)]
         duration: Duration,
         /// Leader kills to time.
@@ -275,7 +273,9 @@ async fn bench(command: Bench) -> anyhow::Result<()> {
             cluster::run(cluster::Options {
                 replicas,
                 clients,
-                connections: clients.div_ceil(clients_per_connection.max(1)).max(1),
+                connections: clients_per_connection
+                    .map_or(1, |n| clients.div_ceil(n.max(1)))
+                    .max(1),
                 duration,
                 failovers,
                 etcd,
