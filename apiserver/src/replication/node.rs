@@ -742,10 +742,7 @@ impl Node {
         // applies first: its writers hear back before the flush.
         let acknowledge_first = !self.is_leader();
         if acknowledge_first {
-            if ready.must_sync() {
-                self.storage.flush()?;
-            }
-            self.transport.send(ready.take_persisted_messages());
+            self.flush_and_acknowledge(&mut ready)?;
         }
 
         let mut records = Vec::new();
@@ -767,10 +764,7 @@ impl Node {
             answer(&mut answers);
         }
         if !acknowledge_first {
-            if ready.must_sync() {
-                self.storage.flush()?;
-            }
-            self.transport.send(ready.take_persisted_messages());
+            self.flush_and_acknowledge(&mut ready)?;
         }
         let read_states = ready.take_read_states();
 
@@ -832,6 +826,16 @@ impl Node {
         self.checkpoint();
         self.compact_log()?;
         self.compact_history();
+        Ok(())
+    }
+
+    /// Makes a Ready's new entries durable, then sends the messages that
+    /// acknowledge them (raft-rs's persisted messages).
+    fn flush_and_acknowledge(&mut self, ready: &mut raft::Ready) -> Result<(), StorageError> {
+        if ready.must_sync() {
+            self.storage.flush()?;
+        }
+        self.transport.send(ready.take_persisted_messages());
         Ok(())
     }
 

@@ -202,12 +202,16 @@ fn tls_for_the_run(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 
 struct Berth {
     cluster: Cluster,
-    client: Arc<berth_proto::connect::BerthClient>,
     /// The clients of the load, one per connection.
     connections: Arc<Vec<berth_proto::connect::BerthClient>>,
     pids: Vec<u32>,
     row: Row,
     _pki_dir: tempfile::TempDir,
+}
+
+/// The connection client `client` of the load uses.
+fn connection<T>(connections: &[T], client: usize) -> &T {
+    &connections[client % connections.len()]
 }
 
 impl Berth {
@@ -221,9 +225,9 @@ impl Berth {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cluster = Cluster::start(options.replicas, &args);
         cluster.wait_for_leader(Duration::from_secs(20)).await;
-        let client = Arc::new(cluster.client());
-        apply(&client, job("default", "bench-read", 1)).await?;
-        let connections = Arc::new((0..options.connections).map(|_| cluster.client()).collect());
+        let connections: Arc<Vec<_>> =
+            Arc::new((0..options.connections).map(|_| cluster.client()).collect());
+        apply(connection(&connections, 0), job("default", "bench-read", 1)).await?;
         let pids = cluster.members.iter().filter_map(|m| m.pid()).collect();
         let name = format!(
             "berth ({}){}",
@@ -232,7 +236,6 @@ impl Berth {
         );
         Ok(Berth {
             cluster,
-            client,
             connections,
             pids,
             row: Row::new(name),
@@ -247,7 +250,7 @@ impl Berth {
             .measure(&self.pids, clients, duration, move |client, i| {
                 let connections = connections.clone();
                 async move {
-                    let c = &connections[client % connections.len()];
+                    let c = connection(&connections, client);
                     let name = format!("bench-{round}-{client}-{i}");
                     apply(c, job("default", &name, 1)).await?;
                     Ok(())
@@ -263,7 +266,7 @@ impl Berth {
             .measure(&self.pids, clients, duration, move |client, _| {
                 let connections = connections.clone();
                 async move {
-                    let c = &connections[client % connections.len()];
+                    let c = connection(&connections, client);
                     c.call(|mut k| async move {
                         k.get(pb::GetRequest {
                             kind: pb::Kind::Job as i32,
@@ -283,16 +286,16 @@ impl Berth {
     async fn failovers(&mut self, count: usize) {
         for round in 0..count {
             let leader = self.cluster.wait_for_leader(Duration::from_secs(20)).await;
-            let c = self.client.clone();
+            let connections = self.connections.clone();
             let member = self.cluster.member(leader);
             let took = load::failover(
                 8,
                 || member.kill9(),
                 move |client, i| {
-                    let c = c.clone();
+                    let connections = connections.clone();
                     async move {
                         let name = format!("failover-{round}-{client}-{i}");
-                        apply(&c, job("default", &name, 1)).await?;
+                        apply(connection(&connections, client), job("default", &name, 1)).await?;
                         Ok(())
                     }
                 },
@@ -306,7 +309,6 @@ impl Berth {
 
 struct Etcd {
     cluster: EtcdCluster,
-    client: Arc<EtcdClient>,
     /// The clients of the load, one per connection.
     connections: Arc<Vec<EtcdClient>>,
     value: Vec<u8>,
@@ -319,15 +321,15 @@ impl Etcd {
         // heartbeat of at most a fifth of it.
         let cluster = EtcdCluster::start(options.replicas as usize, 80, 400)?;
         let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let client = Arc::new(EtcdClient::new(&cluster.endpoints())?.starting_at(leader));
         let connections = (0..options.connections)
             .map(|_| Ok(EtcdClient::new(&cluster.endpoints())?.starting_at(leader)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let value = vec![b'x'; value_bytes];
-        client.put("bench-read".into(), value.clone()).await?;
+        connection(&connections, 0)
+            .put("bench-read".into(), value.clone())
+            .await?;
         Ok(Etcd {
             cluster,
-            client,
             connections: Arc::new(connections),
             value,
             row: Row::new(format!("etcd 3.4 ({})", options.replicas)),
@@ -341,7 +343,7 @@ impl Etcd {
             .measure(&self.cluster.pids(), clients, duration, move |client, i| {
                 let (connections, v) = (connections.clone(), v.clone());
                 async move {
-                    let c = &connections[client % connections.len()];
+                    let c = connection(&connections, client);
                     c.put(format!("bench/{round}/{client}/{i}"), v).await
                 }
             })
@@ -355,7 +357,7 @@ impl Etcd {
             .measure(&self.cluster.pids(), clients, duration, move |client, _| {
                 let connections = connections.clone();
                 async move {
-                    let c = &connections[client % connections.len()];
+                    let c = connection(&connections, client);
                     c.get("bench-read").await
                 }
             })
@@ -368,14 +370,17 @@ impl Etcd {
                 .cluster
                 .wait_for_leader(Duration::from_secs(30))
                 .await?;
-            let (c, v) = (self.client.clone(), self.value.clone());
+            let (connections, v) = (self.connections.clone(), self.value.clone());
             let cluster = &mut self.cluster;
             let took = load::failover(
                 8,
                 || cluster.kill9(leader),
                 move |client, i| {
-                    let (c, v) = (c.clone(), v.clone());
-                    async move { c.put(format!("failover/{round}/{client}/{i}"), v).await }
+                    let (connections, v) = (connections.clone(), v.clone());
+                    async move {
+                        let c = connection(&connections, client);
+                        c.put(format!("failover/{round}/{client}/{i}"), v).await
+                    }
                 },
             )
             .await;
