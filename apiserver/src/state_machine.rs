@@ -88,6 +88,9 @@ pub struct StateMachine {
     membership: Arc<Membership>,
     /// Objects changed since the last checkpoint.
     dirty: HashSet<Arc<ObjectKey>, FastHash>,
+    /// Bytes of the records on disk that the changes since the last
+    /// checkpoint overwrite or delete (each object's, as of that checkpoint).
+    superseded: usize,
     /// What every node promised its tasks (derived from the tasks).
     allocations: Allocations,
     /// What the jobs of each namespace and tier ask for (derived from the
@@ -117,6 +120,19 @@ pub struct Checkpoint {
     /// (looked up by the raft loop in its hash index, which is cheaper than
     /// the ordered map the checkpoint thread would search).
     dirty: Vec<(Arc<ObjectKey>, Option<Arc<pb::Object>>)>,
+    /// Bytes of earlier segments' records that these changes overwrite or
+    /// delete.
+    superseded: usize,
+}
+
+/// A segment's size, and how much of the store it makes dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSize {
+    pub bytes: usize,
+    /// Bytes of records on disk that only a full segment would drop: those
+    /// of earlier segments that this one overwrites or deletes, and this
+    /// one's deletion records themselves.
+    pub dead_bytes: usize,
 }
 
 impl Checkpoint {
@@ -125,21 +141,26 @@ impl Checkpoint {
     /// the bookkeeping reaches its index; returns its size in bytes. Encoded
     /// field by field from the shared objects: a full segment of every
     /// object must not copy them all first.
-    pub fn put_segment(&self, full: bool, batch: &mut WriteBatch) -> usize {
+    pub fn put_segment(&self, full: bool, batch: &mut WriteBatch) -> SegmentSize {
         let mut segment = SegmentChunks::new(batch, self.applied, full);
+        let mut dead_bytes = 0;
         if full {
             for object in self.objects.values() {
                 segment.put(object);
             }
         } else {
+            dead_bytes = self.superseded;
             for (key, object) in &self.dirty {
                 match object {
                     Some(object) => segment.put(object),
-                    None => segment.delete(key),
+                    None => dead_bytes += segment.delete(key),
                 }
             }
         }
-        segment.finish()
+        SegmentSize {
+            bytes: segment.finish(),
+            dead_bytes,
+        }
     }
 
     /// Drops the objects a full segment would need, for a delta.
@@ -183,6 +204,7 @@ impl StateMachine {
             applied: loaded.applied,
             membership: Arc::new(Membership::from_record(&loaded.members, conf_state)),
             dirty: HashSet::default(),
+            superseded: 0,
         }
     }
 
@@ -295,11 +317,12 @@ impl StateMachine {
         for key in plan.deletes {
             let key = Arc::new(key);
             self.index.remove(&key);
-            if let Some(old) = self.objects.remove(&MapKey::new(key.clone())) {
-                self.allocations.account(&key, Some(&old), None);
-                self.demands.account(Some(&old), None);
+            let old = self.objects.remove(&MapKey::new(key.clone()));
+            if let Some(old) = &old {
+                self.allocations.account(&key, Some(old), None);
+                self.demands.account(Some(old), None);
             }
-            self.dirty.insert(key);
+            self.mark_dirty(key, old.as_deref());
         }
         for object in plan.puts {
             let key = Arc::new(object.key());
@@ -310,9 +333,20 @@ impl StateMachine {
             self.allocations
                 .account(&key, old.as_deref(), Some(&object));
             self.demands.account(old.as_deref(), Some(&object));
-            self.dirty.insert(key);
+            self.mark_dirty(key, old.as_deref());
         }
         changes.extend(plan.changes);
+    }
+
+    /// Notes that the next checkpoint must store the object at `key`, which
+    /// was `old`. The first change since the last checkpoint of an object
+    /// that existed then makes its record on disk dead.
+    fn mark_dirty(&mut self, key: Arc<ObjectKey>, old: Option<&pb::Object>) {
+        if self.dirty.insert(key)
+            && let Some(old) = old
+        {
+            self.superseded += SegmentChunks::put_bytes(old);
+        }
     }
 
     fn record(&mut self, index: u64, changes: Vec<Change>) -> Arc<HistoryRecord> {
@@ -371,6 +405,7 @@ impl StateMachine {
                     (key, object)
                 })
                 .collect(),
+            superseded: std::mem::take(&mut self.superseded),
         }
     }
 
@@ -385,6 +420,7 @@ impl StateMachine {
         batch: &mut WriteBatch,
     ) {
         self.dirty.clear();
+        self.superseded = 0;
         let mut segment = SegmentChunks::new(batch, index, true);
         for object in &objects {
             segment.put(object);
@@ -1534,12 +1570,51 @@ mod tests {
     /// Checkpoints of more objects than one stored chunk holds, full then
     /// a delta with deletes, read back whole.
     #[test]
+    fn a_delta_counts_the_records_it_makes_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(&dir);
+        let size = |f: &mut Fixture| {
+            f.machine
+                .take_checkpoint()
+                .put_segment(false, &mut WriteBatch::new())
+        };
+        for i in 0..3 {
+            f.apply(job(&format!("job-{i}"), "default", 1, 100))
+                .unwrap();
+        }
+        // Objects created since the last checkpoint overwrite nothing.
+        assert_eq!(size(&mut f).dead_bytes, 0);
+        let stored = |f: &Fixture, name: &str| {
+            let key = ObjectKey::new(pb::Kind::Job, "default", name);
+            SegmentChunks::put_bytes(&f.machine.index[&key])
+        };
+        let (job_0, job_1) = (stored(&f, "job-0"), stored(&f, "job-1"));
+        // Changed twice, job-0's record on disk is dead once; job-1's too,
+        // and its deletion record is dead from the start; the new job-3
+        // overwrites nothing.
+        f.apply(job("job-0", "default", 2, 100)).unwrap();
+        f.apply(job("job-0", "default", 3, 100)).unwrap();
+        f.apply(job("job-3", "default", 1, 100)).unwrap();
+        f.delete(pb::Kind::Job, "default", "job-1").unwrap();
+        let deletion = {
+            let mut batch = WriteBatch::new();
+            let mut segment = SegmentChunks::new(&mut batch, 0, false);
+            segment.delete(&ObjectKey::new(pb::Kind::Job, "default", "job-1"))
+        };
+        let size = size(&mut f);
+        assert_eq!(size.dead_bytes, job_0 + job_1 + deletion);
+        // A full segment makes nothing dead.
+        let full = f.machine.take_checkpoint();
+        assert_eq!(full.put_segment(true, &mut WriteBatch::new()).dead_bytes, 0);
+    }
+
+    #[test]
     fn checkpoints_of_many_chunks_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let checkpoint = |f: &mut Fixture, full: bool| {
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            let bytes = checkpoint.put_segment(full, &mut batch);
+            let bytes = checkpoint.put_segment(full, &mut batch).bytes;
             checkpoint.put_bookkeeping(&mut batch);
             f.storage.write(batch).unwrap();
             f.storage.flush().unwrap();

@@ -950,9 +950,18 @@ impl<'b> SegmentChunks<'b> {
         self.maybe_end_chunk();
     }
 
-    pub fn delete(&mut self, key: &ObjectKey) {
+    /// The bytes an object's record takes in a segment.
+    pub fn put_bytes(object: &pb::Object) -> usize {
+        prost::encoding::message::encoded_len(2, object)
+    }
+
+    /// Adds a deletion; the bytes its record takes.
+    pub fn delete(&mut self, key: &ObjectKey) -> usize {
+        let before = self.buffer.len();
         prost::encoding::message::encode(3, &deleted(key), &mut self.buffer);
+        let bytes = self.buffer.len() - before;
         self.maybe_end_chunk();
+        bytes
     }
 
     fn maybe_end_chunk(&mut self) {

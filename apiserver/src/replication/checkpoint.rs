@@ -1,10 +1,10 @@
 //! Checkpoints written on their own thread.
 //!
 //! Each checkpoint is one state segment: what changed since the previous
-//! one. Once the deltas written since the last full segment outweigh it
-//! [`DELTAS_PER_FULL`] times, the next checkpoint is full and replaces every
-//! older segment, so the store holds at most about four times the live
-//! objects.
+//! one. Once the segments on disk outweigh the live objects in them
+//! [`MAX_AMPLIFICATION`] times — objects overwritten or deleted since, whose
+//! older records a restart reads for nothing — the next checkpoint is full
+//! and replaces every older segment.
 //!
 //! A checkpoint writes every object changed since the previous one — tens of
 //! milliseconds for thousands of objects — so the raft loop hands it over and
@@ -20,7 +20,7 @@ use berth_proto::internal::HistoryRecord;
 use raft::eraftpb::ConfState;
 
 use super::Input;
-use crate::state_machine::Checkpoint;
+use crate::state_machine::{Checkpoint, SegmentSize};
 use crate::storage::{Storage, StorageError, WriteBatch};
 
 pub struct Job {
@@ -35,14 +35,19 @@ pub struct Job {
     pub history: Vec<Arc<HistoryRecord>>,
 }
 
-/// How many times the deltas since the last full segment may outweigh it
-/// before the next checkpoint is full. A full segment encodes, compresses
-/// and writes every object, so with 1 a member spent as much on fulls as on
-/// deltas; 3 makes fulls a third as frequent, for up to four times the live
-/// objects on disk (and read at a restart). Measured with `berth-bench
-/// cluster`, 4 alternating pairs of runs: 3% more writes per second, 4%
-/// less server CPU per write, p99 12 ms rather than 14.
-const DELTAS_PER_FULL: usize = 3;
+/// How many times the segments on disk may outweigh the live objects they
+/// hold before the next checkpoint is full (space amplification, as
+/// RocksDB's universal compaction bounds it). A full segment encodes,
+/// compresses and writes every object, cold in memory by then; deltas that
+/// only add objects waste nothing, so a full segment is due only once
+/// overwritten and deleted records make up three quarters of the store
+/// (and of what a restart reads).
+const MAX_AMPLIFICATION: usize = 4;
+
+/// Below this many live bytes the store may hold up to
+/// [`MAX_AMPLIFICATION`] times this much before a full segment: rewriting
+/// a small state on every checkpoint would gain nothing.
+const SMALL_STATE_BYTES: usize = 1 << 20;
 
 /// History records per stored group: small enough that sled keeps a group
 /// inline in its leaf rather than as a blob file of its own.
@@ -67,23 +72,27 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("berth-checkpoint".into())
             .spawn(move || {
-                let mut sizes = Sizes::default();
+                let mut stored = Stored::default();
                 let mut buffer = Vec::new();
                 for mut job in queue {
                     let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
                     if job.epoch != current.load(Ordering::Acquire) {
-                        // A snapshot replaced the state (with a full segment).
-                        sizes = Sizes::default();
+                        // A snapshot replaced the state (with a full segment
+                        // whose records this thread did not count).
+                        stored = Stored::default();
                         continue;
                     }
-                    let full =
-                        !sizes.known || sizes.deltas > DELTAS_PER_FULL * sizes.full.max(1 << 20);
+                    let full = stored.full_due();
                     if !full {
                         // Let go of the raft loop's map at once: while a
                         // clone of it lives, every change there copies.
                         job.checkpoint.forget_objects();
                     }
-                    let result = write_sized(&storage, &job, full, &mut sizes, &mut buffer);
+                    let result = write_counted(&storage, &job, full, &mut stored, &mut buffer);
+                    if result.is_err() {
+                        // What reached the disk is unknown: start afresh.
+                        stored = Stored::default();
+                    }
                     let done = Input::CheckpointDone {
                         epoch: job.epoch,
                         applied: job.checkpoint.applied,
@@ -128,26 +137,46 @@ impl Checkpointer {
     }
 }
 
-/// Bytes of the last full segment and of the deltas written after it.
+/// What the segments since the last full one (that one included) hold:
+/// the bytes of all their records, and of those that later ones overwrote
+/// or deleted (counted by the state machine, which sees each object's old
+/// version when it changes: no map of every record's size here).
 #[derive(Default)]
-struct Sizes {
-    full: usize,
-    deltas: usize,
-    /// Whether the segments on disk are known (after a first full one).
+struct Stored {
+    /// Whether this is known (after a first full segment written here).
     known: bool,
+    bytes: usize,
+    dead_bytes: usize,
+}
+
+impl Stored {
+    fn full_due(&self) -> bool {
+        let live = self.bytes.saturating_sub(self.dead_bytes);
+        !self.known || self.bytes > MAX_AMPLIFICATION * live.max(SMALL_STATE_BYTES)
+    }
+
+    fn add(&mut self, full: bool, segment: SegmentSize) {
+        if full {
+            *self = Stored {
+                known: true,
+                ..Stored::default()
+            };
+        }
+        self.bytes += segment.bytes;
+        self.dead_bytes += segment.dead_bytes;
+    }
 }
 
 /// Writes a full checkpoint atomically and makes it durable.
 pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
-    let mut sizes = Sizes::default();
-    write_sized(storage, job, true, &mut sizes, &mut Vec::new())
+    write_counted(storage, job, true, &mut Stored::default(), &mut Vec::new())
 }
 
-fn write_sized(
+fn write_counted(
     storage: &Storage,
     job: &Job,
     full: bool,
-    sizes: &mut Sizes,
+    stored: &mut Stored,
     buffer: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
     // Four steps, none of which holds sled's global write lock for long
@@ -166,7 +195,7 @@ fn write_sized(
         storage.write_out()?;
     }
     let mut batch = WriteBatch::new();
-    let bytes = job.checkpoint.put_segment(full, &mut batch);
+    let size = job.checkpoint.put_segment(full, &mut batch);
     storage.write(batch)?;
     storage.write_out()?;
     let mut batch = WriteBatch::new();
@@ -179,14 +208,78 @@ fn write_sized(
         storage.write(batch)?;
     }
     storage.flush()?;
-    if full {
-        *sizes = Sizes {
-            full: bytes,
-            deltas: 0,
-            known: true,
-        };
-    } else {
-        sizes.deltas += bytes;
-    }
+    stored.add(full, size);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn full(bytes: usize) -> SegmentSize {
+        SegmentSize {
+            bytes,
+            dead_bytes: 0,
+        }
+    }
+
+    /// A delta of `bytes` that overwrites or deletes `dead_bytes`.
+    fn delta(bytes: usize, dead_bytes: usize) -> SegmentSize {
+        SegmentSize { bytes, dead_bytes }
+    }
+
+    #[test]
+    fn the_first_checkpoint_is_full() {
+        assert!(Stored::default().full_due());
+    }
+
+    #[test]
+    fn segments_that_only_add_objects_never_make_a_full_one_due() {
+        let mut stored = Stored::default();
+        stored.add(true, full(MIB));
+        for i in 0..1000 {
+            stored.add(false, delta(MIB, 0));
+            assert!(!stored.full_due(), "after {} MiB", i + 2);
+        }
+    }
+
+    #[test]
+    fn a_full_segment_is_due_past_four_times_the_live_bytes() {
+        let mut stored = Stored::default();
+        stored.add(true, full(2 * MIB));
+        // Three rewrites of every object: 8 MiB on disk, 2 MiB live.
+        for _ in 0..3 {
+            stored.add(false, delta(2 * MIB, 2 * MIB));
+            assert!(!stored.full_due());
+        }
+        stored.add(false, delta(1024, 1024));
+        assert!(stored.full_due());
+        // The full segment starts the count afresh.
+        stored.add(true, full(2 * MIB));
+        assert!(!stored.full_due());
+    }
+
+    #[test]
+    fn a_small_state_may_leave_up_to_four_mebibytes_behind() {
+        let mut stored = Stored::default();
+        stored.add(true, full(1024));
+        // Rewrites of one 1 KiB object: 4 MiB before a full is due.
+        for _ in 1..4096 {
+            stored.add(false, delta(1024, 1024));
+        }
+        assert!(!stored.full_due());
+        stored.add(false, delta(1024, 1024));
+        assert!(stored.full_due());
+    }
+
+    #[test]
+    fn deletions_count_as_dead_with_their_own_records() {
+        let mut stored = Stored::default();
+        stored.add(true, full(8 * MIB));
+        // Most objects deleted: their records and the deletions are dead.
+        stored.add(false, delta(MIB / 4, 7 * MIB + MIB / 4));
+        assert!(stored.full_due());
+    }
 }

@@ -19,6 +19,7 @@
 //! confirm a read is current, change membership, report status.
 
 mod checkpoint;
+mod flusher;
 mod log_store;
 mod logger;
 mod node;
@@ -96,6 +97,11 @@ pub(crate) enum Input {
         epoch: u64,
         applied: u64,
         error: Option<String>,
+    },
+    /// The flusher made the Readies up to `number` durable (or failed to).
+    Persisted {
+        number: u64,
+        result: Result<(), crate::storage::StorageError>,
     },
     Shutdown,
 }
