@@ -1567,8 +1567,6 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     }
 
-    /// Checkpoints of more objects than one stored chunk holds, full then
-    /// a delta with deletes, read back whole.
     #[test]
     fn a_delta_counts_the_records_it_makes_dead() {
         let dir = tempfile::tempdir().unwrap();
@@ -1608,6 +1606,8 @@ mod tests {
         assert_eq!(full.put_segment(true, &mut WriteBatch::new()).dead_bytes, 0);
     }
 
+    /// Checkpoints of more objects than one stored chunk holds, full then
+    /// a delta with deletes, read back whole.
     #[test]
     fn checkpoints_of_many_chunks_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();

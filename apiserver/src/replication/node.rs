@@ -16,6 +16,12 @@
 //!    acknowledgement, nobody waits for its applying);
 //! 6. advance, apply and publish what that commits.
 //!
+//! A leader with followers does not fsync in step 3: it hands the flush to
+//! its flusher thread (`flusher.rs`) and goes on taking inputs; raft-rs
+//! counts the leader's own copy toward a commit once the flusher reports it
+//! durable (`Input::Persisted`), and what that commits comes with a later
+//! Ready.
+//!
 //! Then proposers are answered, and pending linearizable reads. A proposal is
 //! answered once its entry is applied — or failed when another entry took its
 //! index (leadership changed) or it timed out; its outcome is then unknown to
