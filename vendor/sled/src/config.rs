@@ -202,6 +202,8 @@ pub struct Inner {
     #[doc(hidden)]
     pub temporary: bool,
     #[doc(hidden)]
+    pub sync_file_range: bool,
+    #[doc(hidden)]
     pub use_compression: bool,
     #[doc(hidden)]
     pub compression_factor: i32,
@@ -230,6 +232,7 @@ impl Default for Inner {
             use_compression: false,
             compression_factor: 5,
             temporary: false,
+            sync_file_range: true,
             version: crate_version(),
 
             // useful in testing
@@ -510,6 +513,11 @@ impl Config {
             create_new,
             bool,
             "attempts to exclusively open the database, failing if it already exists"
+        ),
+        (
+            sync_file_range,
+            bool,
+            "whether each write of a log buffer waits for the disk (`sync_file_range`); without, the caller makes writes durable itself (fdatasync), or waits with `Db::write_out`"
         ),
         (
             print_profile_on_drop,
