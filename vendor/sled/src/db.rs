@@ -447,7 +447,13 @@ impl Db {
                 )
             };
             if ret < 0 {
-                return Err(std::io::Error::last_os_error().into());
+                let err = std::io::Error::last_os_error();
+                if let Some(libc::ENOSYS) = err.raw_os_error() {
+                    // As `write_to_log` does where the call is missing.
+                    file.sync_all()?;
+                } else {
+                    return Err(err.into());
+                }
             }
         }
         Ok(())
