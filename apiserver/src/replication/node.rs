@@ -804,7 +804,7 @@ impl Node {
                 self.flush_and_acknowledge(&mut ready)?;
             }
             let read_states = ready.take_read_states();
-            self.advance_and_apply(ready, &mut records, &mut answers)?;
+            self.advance_and_apply(ready, answer_early, &mut records, &mut answers)?;
             read_states
         };
         answer(&mut answers);
@@ -844,10 +844,11 @@ impl Node {
     }
 
     /// Hands a Ready flushed here back to raft, and applies what becomes
-    /// committed with it.
+    /// committed with it (answering its writers at once if `answer_early`).
     fn advance_and_apply(
         &mut self,
         ready: raft::Ready,
+        answer_early: bool,
         records: &mut Vec<Arc<berth_proto::internal::HistoryRecord>>,
         answers: &mut Vec<(Reply, Result<Applied, ApiError>)>,
     ) -> Result<(), StorageError> {
@@ -860,7 +861,7 @@ impl Node {
         self.apply(light.take_committed_entries(), records, answers)?;
         // Readers see the new state before writers hear back.
         self.publish_applied(records);
-        if self.raw.raft.prs().conf().voters().ids().len() > 1 {
+        if answer_early {
             answer(answers);
         }
         // These writes are already safe in the log. A single member flushes
