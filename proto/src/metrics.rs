@@ -6,8 +6,9 @@
 //! (`_seconds`, `_bytes`, `_total` for counters), as Prometheus' naming
 //! conventions ask.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -150,7 +151,23 @@ pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct GrpcMetrics {
     requests: Family<CallLabels, Counter>,
     latency: LatencyFamily<MethodLabels>,
+    /// Each method's series by request path, made on its first call: a call
+    /// then finds its series without allocating labels or hashing them
+    /// into the families again.
+    methods: Arc<RwLock<HashMap<String, Arc<MethodSeries>>>>,
 }
+
+/// One method's series, handles onto the families' own.
+struct MethodSeries {
+    method: String,
+    requests: Family<CallLabels, Counter>,
+    latency: Histogram,
+    /// By `tonic::Code`, made on the first call that ends with it.
+    codes: [OnceLock<Counter>; CODES],
+}
+
+/// gRPC's status codes, `Ok` (0) to `Unauthenticated` (16).
+const CODES: usize = 17;
 
 impl GrpcMetrics {
     /// Registers `{prefix}_requests_total{method,code}` and
@@ -159,6 +176,7 @@ impl GrpcMetrics {
         let metrics = GrpcMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            methods: Arc::default(),
         };
         registry.register(
             format!("{prefix}_requests"),
@@ -171,6 +189,62 @@ impl GrpcMetrics {
             metrics.latency.clone(),
         );
         metrics
+    }
+
+    /// The series of the method at `path` (`/berth.v1.Objects/Apply`).
+    fn method(&self, path: &str) -> Arc<MethodSeries> {
+        let known = self
+            .methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned();
+        if let Some(series) = known {
+            return series;
+        }
+        // `/berth.v1.Objects/Apply` → `Objects/Apply`.
+        let method = path
+            .rsplit_once('.')
+            .map_or(path, |(_, method)| method)
+            .trim_start_matches('/')
+            .to_string();
+        let series = Arc::new(MethodSeries {
+            latency: self
+                .latency
+                .get_or_create(&MethodLabels {
+                    method: method.clone(),
+                })
+                .clone(),
+            method,
+            requests: self.requests.clone(),
+            codes: std::array::from_fn(|_| OnceLock::new()),
+        });
+        self.methods
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_string())
+            .or_insert(series)
+            .clone()
+    }
+}
+
+impl MethodSeries {
+    fn count(&self, code: tonic::Code) {
+        let counter = match self.codes.get(code as usize) {
+            Some(slot) => slot.get_or_init(|| self.counter(code)),
+            // A code no version of gRPC has: counted, if not cached.
+            None => &self.counter(code),
+        };
+        counter.inc();
+    }
+
+    fn counter(&self, code: tonic::Code) -> Counter {
+        self.requests
+            .get_or_create(&CallLabels {
+                method: self.method.clone(),
+                code: format!("{code:?}"),
+            })
+            .clone()
     }
 }
 
@@ -213,15 +287,8 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        // `/berth.v1.Objects/Apply` → `Objects/Apply`.
-        let path = request.uri().path();
-        let method = path
-            .rsplit_once('.')
-            .map_or(path, |(_, method)| method)
-            .trim_start_matches('/')
-            .to_string();
+        let series = self.metrics.method(request.uri().path());
         let started = std::time::Instant::now();
-        let metrics = self.metrics.clone();
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;
@@ -236,19 +303,8 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unavailable,
             };
-            metrics
-                .latency
-                .get_or_create(&MethodLabels {
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .requests
-                .get_or_create(&CallLabels {
-                    method,
-                    code: format!("{code:?}"),
-                })
-                .inc();
+            series.latency.observe(started.elapsed().as_secs_f64());
+            series.count(code);
             result
         })
     }
