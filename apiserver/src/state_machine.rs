@@ -30,7 +30,7 @@ use berth_proto::quantity::{format_cpu, format_memory};
 use crate::allocation::Allocations;
 use crate::error::ApiError;
 use crate::state::{self, MapKey, Membership, ObjectMap, Snapshot};
-use crate::storage::{Loaded, SegmentChunks, WriteBatch};
+use crate::storage::{EncodedObjects, Loaded, SegmentChunks, WriteBatch};
 use raft::eraftpb::ConfState;
 
 /// The namespace every cluster has, which cannot be deleted.
@@ -141,18 +141,26 @@ impl Checkpoint {
     /// the bookkeeping reaches its index; returns its size in bytes. Encoded
     /// field by field from the shared objects: a full segment of every
     /// object must not copy them all first.
-    pub fn put_segment(&self, full: bool, batch: &mut WriteBatch) -> SegmentSize {
+    ///
+    /// Objects found in `encoded` (the history records stored with this
+    /// checkpoint) are copied from there rather than encoded again.
+    pub fn put_segment(
+        &self,
+        full: bool,
+        batch: &mut WriteBatch,
+        encoded: &EncodedObjects,
+    ) -> SegmentSize {
         let mut segment = SegmentChunks::new(batch, self.applied, full);
         let mut dead_bytes = 0;
         if full {
             for object in self.objects.values() {
-                segment.put(object);
+                segment.put_shared(object, encoded);
             }
         } else {
             dead_bytes = self.superseded;
             for (key, object) in &self.dirty {
                 match object {
-                    Some(object) => segment.put(object),
+                    Some(object) => segment.put_shared(object, encoded),
                     None => dead_bytes += segment.delete(key),
                 }
             }
@@ -1572,9 +1580,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut f = Fixture::new(&dir);
         let size = |f: &mut Fixture| {
-            f.machine
-                .take_checkpoint()
-                .put_segment(false, &mut WriteBatch::new())
+            f.machine.take_checkpoint().put_segment(
+                false,
+                &mut WriteBatch::new(),
+                &EncodedObjects::default(),
+            )
         };
         for i in 0..3 {
             f.apply(job(&format!("job-{i}"), "default", 1, 100))
@@ -1603,18 +1613,27 @@ mod tests {
         assert_eq!(size.dead_bytes, job_0 + job_1 + deletion);
         // A full segment makes nothing dead.
         let full = f.machine.take_checkpoint();
-        assert_eq!(full.put_segment(true, &mut WriteBatch::new()).dead_bytes, 0);
+        assert_eq!(
+            full.put_segment(true, &mut WriteBatch::new(), &EncodedObjects::default())
+                .dead_bytes,
+            0
+        );
     }
 
     /// Checkpoints of more objects than one stored chunk holds, full then
-    /// a delta with deletes, read back whole.
+    /// a delta with deletes, read back whole. The delta copies its objects
+    /// from the history records stored with it, as the checkpoint thread
+    /// does, to the byte what encoding them again makes.
     #[test]
     fn checkpoints_of_many_chunks_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let checkpoint = |f: &mut Fixture, full: bool| {
+        let checkpoint = |f: &mut Fixture, full: bool, encoded: &EncodedObjects| {
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            let bytes = checkpoint.put_segment(full, &mut batch).bytes;
+            let bytes = checkpoint.put_segment(full, &mut batch, encoded).bytes;
+            let plain =
+                checkpoint.put_segment(full, &mut WriteBatch::new(), &EncodedObjects::default());
+            assert_eq!(bytes, plain.bytes);
             checkpoint.put_bookkeeping(&mut batch);
             f.storage.write(batch).unwrap();
             f.storage.flush().unwrap();
@@ -1626,17 +1645,33 @@ mod tests {
                 f.apply(job(&format!("job-{i:04}"), "default", 1, 100))
                     .unwrap();
             }
-            let bytes = checkpoint(&mut f, true);
+            let bytes = checkpoint(&mut f, true, &EncodedObjects::default());
             assert!(
                 bytes > 2 * (64 << 10),
                 "{bytes} bytes: three chunks or more"
             );
+            let mut records = Vec::new();
             for i in (0..5000).step_by(3) {
-                f.delete(pb::Kind::Job, "default", &format!("job-{i:04}"))
+                let deleted = f
+                    .delete(pb::Kind::Job, "default", &format!("job-{i:04}"))
                     .unwrap();
+                records.extend(deleted.record);
             }
-            f.apply(job("job-new", "default", 1, 100)).unwrap();
-            checkpoint(&mut f, false);
+            for i in (1..5000).step_by(3) {
+                for replicas in [2, 3] {
+                    let updated = f
+                        .apply(job(&format!("job-{i:04}"), "default", replicas, 100))
+                        .unwrap();
+                    records.extend(updated.record);
+                }
+            }
+            let created = f.apply(job("job-new", "default", 1, 100)).unwrap();
+            records.extend(created.record);
+            let mut encoded = EncodedObjects::default();
+            WriteBatch::new().put_history_with(&records, &mut encoded);
+            let latest = &f.machine.index[&ObjectKey::new(pb::Kind::Job, "default", "job-0001")];
+            assert!(encoded.get(latest).is_some(), "found in the history");
+            checkpoint(&mut f, false, &encoded);
             f.machine.snapshot()
         };
         let f = open(crate::storage::tests::reopen(dir.path()));
@@ -1655,7 +1690,7 @@ mod tests {
             f.apply(job("api", "default", 2, 100)).unwrap();
             let mut batch = WriteBatch::new();
             let checkpoint = f.machine.take_checkpoint();
-            checkpoint.put_segment(true, &mut batch);
+            checkpoint.put_segment(true, &mut batch, &EncodedObjects::default());
             checkpoint.put_bookkeeping(&mut batch);
             f.storage.write_atomic(batch).unwrap();
             f.storage.flush().unwrap();

@@ -52,7 +52,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::sled_blobs::Blobs;
 
@@ -259,26 +259,32 @@ impl WriteBatch {
 
     /// Stores history records written together (in revision order).
     pub fn put_history(&mut self, records: &[std::sync::Arc<HistoryRecord>]) {
-        self.put_history_with(records, &mut Vec::new());
+        self.put_history_with(records, &mut EncodedObjects::default());
     }
 
-    /// [`WriteBatch::put_history`], encoding in `buffer` (which the caller
-    /// may reuse).
+    /// [`WriteBatch::put_history`], encoding at the end of `encoded`, which
+    /// then finds the records' objects for a segment of the same checkpoint.
     pub fn put_history_with(
         &mut self,
         records: &[std::sync::Arc<HistoryRecord>],
-        buffer: &mut Vec<u8>,
+        encoded: &mut EncodedObjects,
     ) {
         let Some(last) = records.last() else {
             return;
         };
         // Encoded as a HistoryGroup field by field, so the records need not
         // be copied into an owned message first.
-        buffer.clear();
+        let EncodedObjects { bytes, at } = encoded;
+        let start = bytes.len();
         for record in records {
-            prost::encoding::message::encode(1, &**record, buffer);
+            berth_proto::history::encode_group_record(record, bytes, |object, range| {
+                at.insert(ByAddress(object.clone()), range);
+            });
         }
-        self.insert(history_key(last.revision).to_vec(), compressed(buffer));
+        self.insert(
+            history_key(last.revision).to_vec(),
+            compressed(&bytes[start..]),
+        );
     }
 
     pub fn put_revision(&mut self, revision: u64) {
@@ -958,6 +964,18 @@ impl<'b> SegmentChunks<'b> {
         self.maybe_end_chunk();
     }
 
+    /// [`SegmentChunks::put`], copying the object's record from `encoded`
+    /// when it is there.
+    pub fn put_shared(&mut self, object: &Arc<pb::Object>, encoded: &EncodedObjects) {
+        match encoded.get(object) {
+            Some(record) => {
+                self.buffer.extend_from_slice(record);
+                self.maybe_end_chunk();
+            }
+            None => self.put(object),
+        }
+    }
+
     /// The bytes an object's record takes in a segment.
     pub fn put_bytes(object: &pb::Object) -> usize {
         prost::encoding::message::encoded_len(2, object)
@@ -993,6 +1011,51 @@ impl<'b> SegmentChunks<'b> {
             self.end_chunk();
         }
         self.bytes
+    }
+}
+
+/// Objects already encoded as a segment stores them: a checkpoint stores
+/// the history records since the previous one first, and they hold every
+/// object it changed as the same field a segment's record is (see
+/// [`berth_proto::history::encode_group_record`]), so the segment copies
+/// those bytes rather than encoding each object a second time.
+#[derive(Default)]
+pub struct EncodedObjects {
+    bytes: Vec<u8>,
+    /// Where each object's record lies in `bytes`, by the object's address.
+    /// The keys hold the objects, so that no other object can take an
+    /// address while it is here.
+    at: HashMap<ByAddress, std::ops::Range<usize>, foldhash::fast::RandomState>,
+}
+
+impl EncodedObjects {
+    /// The record of this very object (not an equal one), if encoded here.
+    pub fn get(&self, object: &Arc<pb::Object>) -> Option<&[u8]> {
+        let range = self.at.get(&ByAddress(object.clone()))?;
+        self.bytes.get(range.clone())
+    }
+
+    /// Forgets every object, keeping the memory for the next checkpoint.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.at.clear();
+    }
+}
+
+/// An object compared by its address.
+struct ByAddress(Arc<pb::Object>);
+
+impl PartialEq for ByAddress {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ByAddress {}
+
+impl std::hash::Hash for ByAddress {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
     }
 }
 

@@ -7,11 +7,14 @@
 //! record, on every member. Encoded and decoded exactly as the generated
 //! type was (`storage.proto`), so stored records read the same.
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use prost::Message as _;
 use prost::bytes::{Buf, BufMut};
-use prost::encoding::{DecodeContext, WireType, int32, message};
+use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, int32, message, uint64};
 
+use crate::internal::HistoryRecord;
 use crate::pb;
 
 /// What one write did to one object (see `storage.proto`).
@@ -94,10 +97,46 @@ impl prost::Message for Change {
     }
 }
 
+/// Appends `record` to `buf` as one of a `HistoryGroup`'s records (field
+/// 1), exactly as `prost::encoding::message::encode(1, record, buf)` would,
+/// and tells `found` where in `buf` each change's object lies as its field
+/// (tag 2, length, message). A state segment stores an object as field 2
+/// too, so a checkpoint can copy these bytes instead of encoding the object
+/// a second time.
+pub fn encode_group_record(
+    record: &HistoryRecord,
+    buf: &mut Vec<u8>,
+    mut found: impl FnMut(&Arc<pb::Object>, Range<usize>),
+) {
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(record.encoded_len() as u64, buf);
+    if record.revision != 0 {
+        uint64::encode(1, &record.revision, buf);
+    }
+    for change in &record.changes {
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(change.encoded_len() as u64, buf);
+        let start = buf.len();
+        change.encode_raw(buf);
+        if let Some(object) = &change.object {
+            // The type comes before the object, the previous object after.
+            let type_len = if change.r#type != 0 {
+                int32::encoded_len(1, &change.r#type)
+            } else {
+                0
+            };
+            let prev_len = change
+                .prev
+                .as_ref()
+                .map_or(0, |prev| message::encoded_len(3, &**prev));
+            found(object, start + type_len..buf.len() - prev_len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
 
     /// The generated type this one replaces, for comparing encodings.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -163,5 +202,50 @@ mod tests {
         }
         .encode_to_vec();
         assert!(Change::decode(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn a_group_record_encodes_as_prost_does_and_finds_each_object_as_a_segment_field() {
+        let record = HistoryRecord {
+            revision: 42,
+            changes: vec![
+                Change {
+                    r#type: pb::WatchEventType::Added as i32,
+                    object: Some(Arc::new(job("a", 1))),
+                    prev: None,
+                },
+                Change {
+                    r#type: pb::WatchEventType::Modified as i32,
+                    object: Some(Arc::new(job("b", 3))),
+                    prev: Some(Arc::new(job("b", 2))),
+                },
+                Change {
+                    r#type: pb::WatchEventType::Deleted as i32,
+                    object: Some(Arc::new(job("c", 5))),
+                    prev: None,
+                },
+                Change::default(),
+            ],
+        };
+        let mut expected = b"before".to_vec();
+        message::encode(1, &record, &mut expected);
+        let mut buf = b"before".to_vec();
+        let mut found = Vec::new();
+        encode_group_record(&record, &mut buf, |object, range| {
+            found.push((object.clone(), range))
+        });
+        assert_eq!(buf, expected);
+        let objects: Vec<_> = record
+            .changes
+            .iter()
+            .filter_map(|c| c.object.clone())
+            .collect();
+        assert_eq!(found.len(), objects.len());
+        for ((object, range), wanted) in found.iter().zip(&objects) {
+            assert!(Arc::ptr_eq(object, wanted));
+            let mut field = Vec::new();
+            message::encode(2, &**object, &mut field);
+            assert_eq!(&buf[range.clone()], field.as_slice());
+        }
     }
 }

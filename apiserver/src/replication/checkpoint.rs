@@ -21,7 +21,7 @@ use raft::eraftpb::ConfState;
 
 use super::Input;
 use crate::state_machine::{Checkpoint, SegmentSize};
-use crate::storage::{Storage, StorageError, WriteBatch};
+use crate::storage::{EncodedObjects, Storage, StorageError, WriteBatch};
 
 pub struct Job {
     pub epoch: u64,
@@ -73,7 +73,7 @@ impl Checkpointer {
             .name("berth-checkpoint".into())
             .spawn(move || {
                 let mut stored = Stored::default();
-                let mut buffer = Vec::new();
+                let mut encoded = EncodedObjects::default();
                 for mut job in queue {
                     let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
                     if job.epoch != current.load(Ordering::Acquire) {
@@ -88,7 +88,8 @@ impl Checkpointer {
                         // clone of it lives, every change there copies.
                         job.checkpoint.forget_objects();
                     }
-                    let result = write_counted(&storage, &job, full, &mut stored, &mut buffer);
+                    let result = write_counted(&storage, &job, full, &mut stored, &mut encoded);
+                    encoded.clear();
                     if result.is_err() {
                         // What reached the disk is unknown: start afresh.
                         stored = Stored::default();
@@ -169,7 +170,13 @@ impl Stored {
 
 /// Writes a full checkpoint atomically and makes it durable.
 pub fn write(storage: &Storage, job: &Job) -> Result<(), StorageError> {
-    write_counted(storage, job, true, &mut Stored::default(), &mut Vec::new())
+    write_counted(
+        storage,
+        job,
+        true,
+        &mut Stored::default(),
+        &mut EncodedObjects::default(),
+    )
 }
 
 fn write_counted(
@@ -177,7 +184,7 @@ fn write_counted(
     job: &Job,
     full: bool,
     stored: &mut Stored,
-    buffer: &mut Vec<u8>,
+    encoded: &mut EncodedObjects,
 ) -> Result<(), StorageError> {
     // Four steps, none of which holds sled's global write lock for long
     // (an atomic batch does, and the raft loop's writes would wait behind
@@ -190,12 +197,12 @@ fn write_counted(
     // loop's next flush.
     for group in job.history.chunks(HISTORY_GROUP) {
         let mut batch = WriteBatch::new();
-        batch.put_history_with(group, buffer);
+        batch.put_history_with(group, encoded);
         storage.write(batch)?;
         storage.write_out()?;
     }
     let mut batch = WriteBatch::new();
-    let size = job.checkpoint.put_segment(full, &mut batch);
+    let size = job.checkpoint.put_segment(full, &mut batch, encoded);
     storage.write(batch)?;
     storage.write_out()?;
     let mut batch = WriteBatch::new();
