@@ -16,6 +16,7 @@
 //! at); after a restart, raft replays the log from that index. This keeps
 //! the per-write cost of the store to the log append alone.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -252,15 +253,15 @@ impl StateMachine {
     /// Applies `command`, the entry at `index`. The index counts as applied
     /// whatever the outcome: a rejected command is a deterministic no-op on
     /// every replica.
-    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApiError> {
+    pub fn apply(&mut self, index: u64, command: Command) -> Result<Applied, ApiError> {
         self.advance(index);
         let time_ms = command.time_ms;
-        let plan = match &command.op {
+        let plan = match command.op {
             None => return Err(ApiError::InvalidArgument("empty command".into())),
-            Some(Op::Apply(op)) => self.plan_apply(index, time_ms, op)?,
-            Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
-            Some(Op::Delete(op)) => self.plan_delete(index, op)?,
-            Some(Op::Batch(ops)) => return Ok(self.apply_batch(index, time_ms, &ops.ops)),
+            Some(Op::Apply(op)) => self.plan_apply(index, time_ms, Cow::Owned(op))?,
+            Some(Op::UpdateStatus(op)) => self.plan_update_status(index, &op)?,
+            Some(Op::Delete(op)) => self.plan_delete(index, &op)?,
+            Some(Op::Batch(ops)) => return Ok(self.apply_batch(index, time_ms, ops.ops)),
         };
         if plan.outcome == Outcome::Unchanged {
             return Ok(Applied::single(
@@ -283,16 +284,16 @@ impl StateMachine {
 
     /// Applies each write of a batch in order, each against the state the
     /// ones before it left; all changes share the revision `index`.
-    fn apply_batch(&mut self, index: u64, time_ms: i64, ops: &[SingleOp]) -> Applied {
+    fn apply_batch(&mut self, index: u64, time_ms: i64, ops: Vec<SingleOp>) -> Applied {
         let mut changes = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            let plan = match &op.op {
+            let plan = match op.op {
                 None => Err(ApiError::InvalidArgument("empty write".into())),
-                Some(single_op::Op::Apply(op)) => self.plan_apply(index, time_ms, op),
-                Some(single_op::Op::UpdateStatus(op)) => self.plan_update_status(index, op),
-                Some(single_op::Op::Delete(op)) => self.plan_delete(index, op),
-                Some(single_op::Op::Bind(op)) => self.plan_bind(index, op),
+                Some(single_op::Op::Apply(op)) => self.plan_apply(index, time_ms, Cow::Owned(op)),
+                Some(single_op::Op::UpdateStatus(op)) => self.plan_update_status(index, &op),
+                Some(single_op::Op::Delete(op)) => self.plan_delete(index, &op),
+                Some(single_op::Op::Bind(op)) => self.plan_bind(index, &op),
             };
             results.push(plan.map(|plan| {
                 let subject = plan.subject.clone();
@@ -373,7 +374,7 @@ impl StateMachine {
         let index = self.applied + 1;
         let plan = match &command.op {
             None => return Err(ApiError::InvalidArgument("empty command".into())),
-            Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, op)?,
+            Some(Op::Apply(op)) => self.plan_apply(index, command.time_ms, Cow::Borrowed(op))?,
             Some(Op::UpdateStatus(op)) => self.plan_update_status(index, op)?,
             Some(Op::Delete(op)) => self.plan_delete(index, op)?,
             // Each write of a batch stands on its own: always through the log.
@@ -456,11 +457,22 @@ impl StateMachine {
         self.applied = index;
     }
 
-    fn plan_apply(&self, index: u64, time_ms: i64, op: &ApplyOp) -> Result<Plan, ApiError> {
-        let request = op
-            .object
-            .as_ref()
-            .ok_or_else(|| ApiError::InvalidArgument("object: required".into()))?;
+    /// Plans an apply: from the committed entry's own command (`Owned`, its
+    /// object becomes the new one without a copy) or, for a leader's
+    /// check, from a borrowed one.
+    fn plan_apply(&self, index: u64, time_ms: i64, op: Cow<'_, ApplyOp>) -> Result<Plan, ApiError> {
+        let create_only = op.create_only;
+        let required = || ApiError::InvalidArgument("object: required".into());
+        let (request, new_uid): (Cow<'_, pb::Object>, Cow<'_, str>) = match op {
+            Cow::Borrowed(op) => (
+                Cow::Borrowed(op.object.as_ref().ok_or_else(required)?),
+                Cow::Borrowed(&op.new_uid),
+            ),
+            Cow::Owned(op) => (
+                Cow::Owned(op.object.ok_or_else(required)?),
+                Cow::Owned(op.new_uid),
+            ),
+        };
         let key = request.key();
         self.require_namespace(&key)?;
         let expected = request.resource_version();
@@ -471,9 +483,9 @@ impl StateMachine {
                 if expected != 0 {
                     return Err(ApiError::NotFound(key));
                 }
-                let mut new = request.clone();
+                let mut new = request.into_owned();
                 let meta = metadata_of(&mut new)?;
-                meta.uid = op.new_uid.clone();
+                meta.uid = new_uid.into_owned();
                 meta.generation = 1;
                 meta.resource_version = index;
                 meta.created_at_ms = time_ms;
@@ -481,11 +493,11 @@ impl StateMachine {
                 new
             }
             Some(current) => {
-                if op.create_only {
+                if create_only {
                     return Err(ApiError::AlreadyExists(key));
                 }
-                check_preconditions(current, request)?;
-                let (mut new, spec_changed) = with_spec_of(current, request)?;
+                check_preconditions(current, &request)?;
+                let (mut new, spec_changed) = with_spec_of(current, &request)?;
                 if new == **current {
                     return Ok(Plan::unchanged(current.clone()));
                 }
@@ -1141,7 +1153,7 @@ mod tests {
             let index = self.machine.applied() + 1;
             self.machine.apply(
                 index,
-                &Command {
+                Command {
                     time_ms: 1_000 * index as i64,
                     op: Some(op),
                 },

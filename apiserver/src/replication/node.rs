@@ -963,7 +963,7 @@ impl Node {
                         self.machine.skip(index);
                         continue;
                     };
-                    let result = self.machine.apply(index, &command);
+                    let result = self.machine.apply(index, command);
                     if let Ok(Applied {
                         record: Some(record),
                         ..
