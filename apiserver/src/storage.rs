@@ -274,11 +274,13 @@ impl WriteBatch {
         };
         // Encoded as a HistoryGroup field by field, so the records need not
         // be copied into an owned message first.
-        let EncodedObjects { bytes, at } = encoded;
+        let EncodedObjects { bytes, at, held } = encoded;
         let start = bytes.len();
         for record in records {
             berth_proto::history::encode_group_record(record, bytes, |object, range| {
-                at.insert(ByAddress(object.clone()), range);
+                if at.insert(address(object), range).is_none() {
+                    held.push(object.clone());
+                }
             });
         }
         self.insert(
@@ -1023,15 +1025,16 @@ impl<'b> SegmentChunks<'b> {
 pub struct EncodedObjects {
     bytes: Vec<u8>,
     /// Where each object's record lies in `bytes`, by the object's address.
-    /// The keys hold the objects, so that no other object can take an
-    /// address while it is here.
-    at: HashMap<ByAddress, std::ops::Range<usize>, foldhash::fast::RandomState>,
+    at: HashMap<usize, std::ops::Range<usize>, foldhash::fast::RandomState>,
+    /// The objects of `at`, held so that no other object can take one of
+    /// their addresses while they are here.
+    held: Vec<Arc<pb::Object>>,
 }
 
 impl EncodedObjects {
     /// The record of this very object (not an equal one), if encoded here.
     pub fn get(&self, object: &Arc<pb::Object>) -> Option<&[u8]> {
-        let range = self.at.get(&ByAddress(object.clone()))?;
+        let range = self.at.get(&address(object))?;
         self.bytes.get(range.clone())
     }
 
@@ -1039,24 +1042,12 @@ impl EncodedObjects {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.at.clear();
+        self.held.clear();
     }
 }
 
-/// An object compared by its address.
-struct ByAddress(Arc<pb::Object>);
-
-impl PartialEq for ByAddress {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for ByAddress {}
-
-impl std::hash::Hash for ByAddress {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.0), state);
-    }
+fn address(object: &Arc<pb::Object>) -> usize {
+    Arc::as_ptr(object) as usize
 }
 
 /// A deleted object's key, as a segment stores it.
