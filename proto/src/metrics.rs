@@ -155,7 +155,15 @@ pub struct GrpcMetrics {
     /// then finds its series without allocating labels or hashing them
     /// into the families again.
     methods: Arc<RwLock<HashMap<String, Arc<MethodSeries>>>>,
+    /// The series of every path past [`MAX_METHODS`].
+    other: Arc<OnceLock<Arc<MethodSeries>>>,
 }
+
+/// Distinct request paths with series of their own; any further path
+/// (a client can send any) is counted as `method="other"`, so that bogus
+/// paths cannot grow the series, and the server's memory, without bound.
+/// Berth's services have a few dozen methods.
+const MAX_METHODS: usize = 256;
 
 /// One method's series, handles onto the families' own.
 struct MethodSeries {
@@ -177,6 +185,7 @@ impl GrpcMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             methods: Arc::default(),
+            other: Arc::default(),
         };
         registry.register(
             format!("{prefix}_requests"),
@@ -191,16 +200,32 @@ impl GrpcMetrics {
         metrics
     }
 
-    /// The series of the method at `path` (`/berth.v1.Objects/Apply`).
-    fn method(&self, path: &str) -> Arc<MethodSeries> {
-        let known = self
-            .methods
+    /// The series of the method at `path` (`/berth.v1.Objects/Apply`), if
+    /// a call to it was answered before.
+    fn known(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        self.methods
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(path)
-            .cloned();
-        if let Some(series) = known {
-            return series;
+            .cloned()
+    }
+
+    /// The series for a call to `path` that ended with `code`, made if
+    /// needed. A path no service serves (the router answers UNIMPLEMENTED)
+    /// gets none of its own, nor does any past [`MAX_METHODS`]: they count
+    /// as `method="other"`.
+    fn method(&self, path: &str, code: tonic::Code) -> Arc<MethodSeries> {
+        let other = || {
+            self.other
+                .get_or_init(|| self.series("other".to_string()))
+                .clone()
+        };
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = methods.get(path) {
+            return series.clone();
+        }
+        if code == tonic::Code::Unimplemented || methods.len() >= MAX_METHODS {
+            return other();
         }
         // `/berth.v1.Objects/Apply` → `Objects/Apply`.
         let method = path
@@ -208,7 +233,13 @@ impl GrpcMetrics {
             .map_or(path, |(_, method)| method)
             .trim_start_matches('/')
             .to_string();
-        let series = Arc::new(MethodSeries {
+        let series = self.series(method);
+        methods.insert(path.to_string(), series.clone());
+        series
+    }
+
+    fn series(&self, method: String) -> Arc<MethodSeries> {
+        Arc::new(MethodSeries {
             latency: self
                 .latency
                 .get_or_create(&MethodLabels {
@@ -218,13 +249,7 @@ impl GrpcMetrics {
             method,
             requests: self.requests.clone(),
             codes: std::array::from_fn(|_| OnceLock::new()),
-        });
-        self.methods
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(path.to_string())
-            .or_insert(series)
-            .clone()
+        })
     }
 }
 
@@ -287,7 +312,12 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let series = self.metrics.method(request.uri().path());
+        // A known method's series without allocating; otherwise the path,
+        // to make one once the call's outcome says the method exists.
+        let series = match self.metrics.known(request.uri().path()) {
+            Some(series) => Ok(series),
+            None => Err((request.uri().path().to_string(), self.metrics.clone())),
+        };
         let started = std::time::Instant::now();
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -303,6 +333,7 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unavailable,
             };
+            let series = series.unwrap_or_else(|(path, metrics)| metrics.method(&path, code));
             series.latency.observe(started.elapsed().as_secs_f64());
             series.count(code);
             result
@@ -340,5 +371,42 @@ mod tests {
             "{text}"
         );
         assert_eq!(value(&text, "berth_test_missing", ""), None);
+    }
+
+    #[test]
+    fn unserved_paths_and_paths_past_the_limit_share_one_series() {
+        let mut registry = Registry::default();
+        let metrics = GrpcMetrics::register(&mut registry, "berth_test");
+        let call = |path: &str, code| metrics.method(path, code).count(code);
+        // What no service serves gets no series of its own.
+        for i in 0..1000 {
+            call(
+                &format!("/bogus.v1.Service/Method{i}"),
+                tonic::Code::Unimplemented,
+            );
+        }
+        for i in 0..MAX_METHODS + 50 {
+            call(&format!("/berth.v1.Service/Method{i}"), tonic::Code::Ok);
+        }
+        call("/berth.v1.Service/Method0", tonic::Code::NotFound);
+        let text = render(&registry);
+        let counted = |method: &str, code: &str| {
+            value(
+                &text,
+                "berth_test_requests_total",
+                &format!("method=\"{method}\",code=\"{code}\""),
+            )
+        };
+        assert_eq!(counted("other", "Unimplemented"), Some(1000.0));
+        assert_eq!(counted("Service/Method0", "Ok"), Some(1.0));
+        assert_eq!(counted("Service/Method0", "NotFound"), Some(1.0));
+        assert_eq!(counted("Service/Method255", "Ok"), Some(1.0));
+        assert_eq!(counted("Service/Method256", "Ok"), None);
+        assert_eq!(counted("other", "Ok"), Some(50.0));
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("berth_test_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_METHODS + 3);
     }
 }

@@ -118,6 +118,36 @@ async fn apiserver_metrics_serve_and_move() {
         1.0
     );
 
+    // A path no service serves is answered UNIMPLEMENTED and counted, but
+    // under one shared label: a client cannot grow the series at will.
+    let channel = berth_proto::connect::endpoint(&cluster.addresses()[0])
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let unserved = raw
+        .unary(
+            tonic::Request::new(pb::GetRequest::default()),
+            "/berth.v1.Nope/Nothing".parse().unwrap(),
+            tonic_prost::ProstCodec::<pb::GetRequest, pb::Object>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unserved.code(), tonic::Code::Unimplemented);
+    let text = scrape(addr).await.unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "berth_api_requests_total",
+            r#"method="other",code="Unimplemented""#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("Nope"), "{text}");
+
     // An open watch is counted while it lasts.
     let request = pb::WatchRequest {
         kind: pb::Kind::Job as i32,
