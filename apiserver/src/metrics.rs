@@ -1,7 +1,8 @@
 //! The apiserver's Prometheus series, served on `--metrics-listen`.
 //!
 //! - `berth_api_requests_total{method,code}`, `berth_api_request_seconds{method}`:
-//!   every gRPC call, counted by the server's layer (`berth_proto::metrics`);
+//!   every gRPC call, counted by the server's layer (`berth_proto::metrics`;
+//!   paths no service serves count as `method="other"`);
 //! - `berth_api_watchers`: open watch streams;
 //! - `berth_raft_*`: term, commit and applied index, leadership, leader
 //!   changes, proposal latency (proposed → applied), snapshots sent and
