@@ -55,7 +55,8 @@ pub struct Settings {
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
     /// Ticks without a leader before a follower campaigns (randomized up to
-    /// twice as many).
+    /// half as many again: raft-rs's `max_election_tick` is set to 3/2 of
+    /// this in `node.rs`).
     pub election_ticks: usize,
     /// Compact the log once it holds more entries than this.
     pub snapshot_threshold: u64,
